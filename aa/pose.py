@@ -1,0 +1,96 @@
+"""Pose keypoints in the OpenPose layout and their JSON format.
+
+Body: OpenPose-18 (COCO order with a neck at index 1), hands: 21 points each, face: 68 points.
+Every point is (x, y, confidence) in pixels of the image the pose was taken from; confidence 0 means missing.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+BODY_POINTS, HAND_POINTS, FACE_POINTS = 18, 21, 68
+BODY_NAMES = (
+    "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist",
+    "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
+    "right_eye", "left_eye", "right_ear", "left_ear",
+)
+
+
+def _missing(n: int) -> np.ndarray:
+    return np.zeros((n, 3), np.float32)
+
+
+@dataclass
+class Pose:
+    """One person in one frame: (n, 3) arrays of x, y, confidence in pixels of a `width` x `height` image."""
+
+    width: int
+    height: int
+    body: np.ndarray = field(default_factory=lambda: _missing(BODY_POINTS))
+    left_hand: np.ndarray = field(default_factory=lambda: _missing(HAND_POINTS))
+    right_hand: np.ndarray = field(default_factory=lambda: _missing(HAND_POINTS))
+    face: np.ndarray = field(default_factory=lambda: _missing(FACE_POINTS))
+
+    def __post_init__(self) -> None:
+        for name, n in (("body", BODY_POINTS), ("left_hand", HAND_POINTS), ("right_hand", HAND_POINTS),
+                        ("face", FACE_POINTS)):
+            a = np.asarray(getattr(self, name), dtype=np.float32)
+            if a.shape != (n, 3):
+                raise ValueError(f"Pose.{name}: expected shape ({n}, 3) of x, y, confidence, got {a.shape}")
+            setattr(self, name, a)
+
+
+_JSON_FIELDS = (("body", "pose_keypoints_2d"), ("left_hand", "hand_left_keypoints_2d"),
+                ("right_hand", "hand_right_keypoints_2d"), ("face", "face_keypoints_2d"))
+
+
+def pose_to_openpose(pose: Pose) -> dict:
+    """One frame in the OpenPose JSON layout (`people[].pose_keypoints_2d`, ...), plus the canvas size."""
+    person = {key: [round(float(v), 3) for v in getattr(pose, name).reshape(-1)] for name, key in _JSON_FIELDS}
+    return {"version": 1.3, "canvas_width": pose.width, "canvas_height": pose.height, "people": [person]}
+
+
+def pose_from_openpose(frame: dict, width: int | None = None, height: int | None = None) -> Pose:
+    """Inverse of `pose_to_openpose`; the first person of the frame (an empty frame gives a pose with no points)."""
+    width = int(frame.get("canvas_width", width or 0))
+    height = int(frame.get("canvas_height", height or 0))
+    if width <= 0 or height <= 0:
+        raise ValueError("OpenPose frame has no canvas_width/canvas_height: pass width and height")
+    people = frame.get("people") or [{}]
+    parts = {}
+    for name, key in _JSON_FIELDS:
+        values = people[0].get(key) or []
+        n = {"body": BODY_POINTS, "face": FACE_POINTS}.get(name, HAND_POINTS)
+        if len(values) not in (0, 3 * n):
+            raise ValueError(f"OpenPose '{key}' has {len(values)} numbers, expected {3 * n} (x, y, c per point)")
+        parts[name] = np.asarray(values, np.float32).reshape(n, 3) if values else _missing(n)
+    return Pose(width, height, **parts)
+
+
+def save_json(path: str | os.PathLike, poses: list[Pose]) -> None:
+    """Write a pose sequence as one JSON file: {"frames": [openpose frame, ...]} (atomic)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"frames": [pose_to_openpose(p) for p in poses]}))
+    os.replace(tmp, path)
+
+
+def load_json(path: str | os.PathLike, width: int | None = None, height: int | None = None) -> list[Pose]:
+    """Read a pose sequence: one file per video ({"frames": [...]}), one OpenPose file (a single frame),
+    or a folder of per-frame OpenPose files (sorted by name)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.json"))
+        if not files:
+            raise FileNotFoundError(f"{path}: no .json keypoint files in this folder")
+        return [p for f in files for p in load_json(f, width, height)]
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable keypoints JSON file ({e})") from None
+    frames = data["frames"] if isinstance(data, dict) and "frames" in data else [data]
+    return [pose_from_openpose(fr, width, height) for fr in frames]
