@@ -94,3 +94,18 @@ def load_json(path: str | os.PathLike, width: int | None = None, height: int | N
         raise ValueError(f"{path}: not a readable keypoints JSON file ({e})") from None
     frames = data["frames"] if isinstance(data, dict) and "frames" in data else [data]
     return [pose_from_openpose(fr, width, height) for fr in frames]
+
+
+def save_json_frames(folder: str | os.PathLike, poses: list[Pose], prefix: str = "frame") -> list[Path]:
+    """Write one OpenPose JSON file per frame, named as OpenPose names them (`{prefix}_000000000000_keypoints.json`,
+    each written atomically); `load_json(folder)` reads them back in order."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, pose in enumerate(poses):
+        path = folder / f"{prefix}_{i:012d}_keypoints.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(pose_to_openpose(pose)))
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
