@@ -1,7 +1,7 @@
 """Model configurations as dataclasses, with presets for the public checkpoints and tiny test models."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -131,3 +131,22 @@ def tiny() -> ModelConfig:
                               projection_dim=16),
         pose_guider=PoseGuiderConfig(channels=(8, 8, 16, 16), out_channels=32),
     )
+
+
+def to_dict(cfg: ModelConfig) -> dict:
+    """A JSON-ready dict of a model configuration (saved beside checkpoints)."""
+    return asdict(cfg)
+
+
+def from_dict(d: dict) -> ModelConfig:
+    """Inverse of `to_dict`; unknown or missing fields raise a TypeError naming them."""
+
+    def build(cls, fields: dict):
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+    unet = dict(d["unet"])
+    motion = unet.pop("motion", None)
+    return ModelConfig(
+        unet=replace(build(UNetConfig, unet), motion=build(MotionConfig, motion) if motion else None),
+        vae=build(VAEConfig, d["vae"]), clip=build(CLIPVisionConfig, d["clip"]),
+        pose_guider=build(PoseGuiderConfig, d["pose_guider"]))

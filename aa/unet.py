@@ -88,6 +88,8 @@ class UNet(nn.Module):
             level.add_motion_modules(motion, g)
         if motion.mid_block:
             self.mid_block.add_motion_modules(motion, g, count=1)
+        else:  # v1/v3 replacing v2 modules: no stale mid-block module left behind
+            self.mid_block.motion_modules = nn.ModuleList()
         for module in self.modules():
             if isinstance(module, ResnetBlock2D):
                 module.pool_frames = motion.pooled_resnet_norm

@@ -1,11 +1,16 @@
 """Helpers shared by tests (not tests themselves)."""
 from __future__ import annotations
 
+import json
 import weakref
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from aa.config import UNetConfig, VAEConfig
 
 
 class PeakTensorMemory(TorchDispatchMode):
@@ -37,3 +42,25 @@ class PeakTensorMemory(TorchDispatchMode):
 
     def _release(self, key: int) -> None:
         self.current -= self.live.pop(key, 0)
+
+
+FORMATS_DIR = Path(__file__).parent / "data" / "formats"
+GOLDEN_SD_DIR = Path(__file__).parent / "data" / "golden_sd"
+
+
+def read_format_list(name: str) -> dict[str, tuple[int, ...]]:
+    """A formats/ list (`key [d0, d1, ...] dtype` a line) -> {key: shape}."""
+    out = {}
+    for line in (FORMATS_DIR / name).read_text().splitlines():
+        if line.strip():
+            key, rest = line.split(" ", 1)
+            out[key] = tuple(json.loads(rest.rsplit(" ", 1)[0]))
+    return out
+
+
+def golden_sd_configs() -> tuple[UNetConfig, VAEConfig]:
+    """The UNet and VAE configs tools/make_golden_sd.py built its reference models with (stored in its files)."""
+    with safe_open(str(GOLDEN_SD_DIR / "io.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    tuples = lambda d: {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}  # noqa: E731
+    return UNetConfig(**tuples(json.loads(meta["unet"]))), VAEConfig(**tuples(json.loads(meta["vae"])))

@@ -1,0 +1,49 @@
+"""The five networks of Animate Anyone as one bundle (paper figure 2)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .clip import CLIPImageEncoder
+from .config import ModelConfig
+from .pose_guider import PoseGuider
+from .reference import ReferenceNet
+from .unet import UNet
+from .vae import AutoencoderKL
+
+BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "vae": lambda cfg: AutoencoderKL(cfg.vae),
+    "image_encoder": lambda cfg: CLIPImageEncoder(cfg.clip),
+    "reference_net": lambda cfg: ReferenceNet(cfg.unet),
+    "unet": lambda cfg: UNet(cfg.unet),
+    "pose_guider": lambda cfg: PoseGuider(cfg.pose_guider),
+}
+NAMES = tuple(BUILDERS)
+
+
+@dataclass
+class Models:
+    """The five networks of Animate Anyone; `unet` has temporal layers for video."""
+
+    vae: AutoencoderKL
+    image_encoder: CLIPImageEncoder
+    reference_net: ReferenceNet
+    unet: UNet
+    pose_guider: PoseGuider
+    cfg: ModelConfig | None = None  # the configuration they were built from, when known
+
+    @classmethod
+    def build(cls, cfg: ModelConfig) -> "Models":
+        """Randomly initialised networks of a configuration (tests, benchmarks, training from scratch)."""
+        return cls(**{name: build(cfg) for name, build in BUILDERS.items()}, cfg=cfg)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {name: getattr(self, name) for name in NAMES}
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Models":
+        for module in self.modules().values():
+            module.to(device=device, dtype=dtype)
+        return self

@@ -1,0 +1,115 @@
+"""The training loss of both stages: denoise VAE latents of the target frames given the pose, the reference image's
+features and its CLIP embedding (paper 3.3; SPEC 1-2).
+
+L = w(t) || target(z0, eps, t) - UNet(z_t, t, CLIP(ref), ReferenceNet(ref), PoseGuider(pose)) ||^2, with
+target = eps or v, w = min-SNR-gamma (Hang et al. 2023), and a fraction of samples trained unconditionally (zero CLIP
+embedding and no reference, exactly what the unconditional guidance branch sees at inference).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ddim
+from ..models import Models
+from ..vae import AutoencoderKL
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Loss options. Defaults follow Moore-AnimateAnyone's training (v-prediction, zero SNR, min-SNR 5, noise
+    offset 0.05, 10% unconditional)."""
+
+    prediction: str = "v"  # 'v' or 'eps'
+    beta_schedule: str = "scaled_linear"
+    zero_snr: bool = True  # zero-terminal-SNR rescale of the schedule
+    min_snr_gamma: float | None = 5.0  # None: unweighted MSE
+    noise_offset: float = 0.05  # extra per-video, per-channel noise (helps very dark/bright frames)
+    uncond_rate: float = 0.1  # fraction of samples with zero CLIP embedding and no reference
+    reference: bool = True  # False: no ReferenceNet at all (the paper's "CLIP only" ablation)
+    train_steps: int = 1000
+
+
+@dataclass
+class Noise:
+    """Every random draw of a batch (one row per video), from per-sample generators (see `draw_noise`)."""
+
+    t: Tensor  # (b,) timesteps
+    eps: Tensor  # (b f, c, h, w) diffusion noise (noise offset included)
+    drop: Tensor  # (b,) bool: train this video unconditionally
+    vae_target: Tensor  # (b f, c, h, w) posterior sampling noise of the target frames
+    vae_reference: Tensor  # (b, c, h, w) and of the reference frame
+
+
+def draw_noise(seeds: list[int], frames: int, latent: tuple[int, int, int], obj: Objective) -> Noise:
+    """Draw each video's randomness from its own generator, so it doesn't depend on batch layout or process."""
+    rows = []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(seed)
+        t = torch.randint(0, obj.train_steps, (1,), generator=g)
+        drop = torch.rand(1, generator=g) < obj.uncond_rate
+        eps = torch.randn(frames, *latent, generator=g)
+        eps = eps + obj.noise_offset * torch.randn(1, latent[0], 1, 1, generator=g)
+        rows.append((t, eps, drop, torch.randn(frames, *latent, generator=g), torch.randn(1, *latent, generator=g)))
+    t, eps, drop, vt, vr = zip(*rows)
+    return Noise(torch.cat(t), torch.cat(eps), torch.cat(drop), torch.cat(vt), torch.cat(vr))
+
+
+@torch.no_grad()
+def encode(vae: AutoencoderKL, images: Tensor, noise: Tensor) -> Tensor:
+    """Scaled latents sampled from the posterior with explicit noise: (n, 3, H, W) -> (n, c, H/8, W/8)."""
+    q = vae.posterior(images)
+    return ((q.mean + q.std * noise.to(q.mean)) * vae.cfg.scaling_factor).to(images.dtype)
+
+
+class Trainable(nn.Module):
+    """The networks that can train, with a forward that returns the loss: what DDP/FSDP wrap.
+
+    The VAE is frozen and runs before it (`encode`); the image encoder is frozen too (paper 3.3) unless a small
+    demo model trains its own."""
+
+    def __init__(self, models: Models, obj: Objective) -> None:
+        super().__init__()
+        self.unet, self.reference_net, self.pose_guider = models.unet, models.reference_net, models.pose_guider
+        self.image_encoder = models.image_encoder
+        self.obj = obj
+        self.register_buffer("alphas_cumprod", ddim.alphas_cumprod(obj.beta_schedule, obj.zero_snr,
+                                                                   obj.train_steps).float(), persistent=False)
+
+    def forward(self, z0: Tensor, reference: Tensor, clip: Tensor, pose: Tensor, noise: Noise) -> Tensor:
+        """z0: (b f) c h w target latents; reference: (b, c, h, w) reference latents; clip: (b, 3, S, S) image
+        encoder input; pose: (b f) 3 H W pose images in [0, 1]. Returns the scalar loss."""
+        context = self.image_encoder.context(clip)  # (b, 1, c)
+        b = reference.shape[0]
+        f = z0.shape[0] // b
+        # unconditional videos last: the UNet gives the reference to the leading videos only
+        order = torch.argsort(noise.drop.to(torch.int8), stable=True).to(z0.device)
+        frames = (order[:, None] * f + torch.arange(f, device=z0.device)).reshape(-1)
+        z0, eps, pose = z0[frames], noise.eps.to(z0)[frames], pose[frames]
+        reference, context, t = reference[order], context[order], noise.t.to(z0.device)[order]
+        kept = int((~noise.drop).sum())
+        context = torch.cat([context[:kept], torch.zeros_like(context[kept:])])
+
+        ab = self.alphas_cumprod[t].repeat_interleave(f)  # (b f)
+        x_t = ddim.add_noise(z0, eps, ab)
+        features, ref_kv = [], None
+        if self.obj.reference:
+            features = self.reference_net(reference[:max(kept, 1)], context[:max(kept, 1)])
+            ref_kv = self.unet.reference_kv(features) if kept else None
+        pose_features = self.pose_guider(pose)
+        if self.pose_guider.adds_to_latent:
+            x_t, pose_features = x_t + pose_features, None
+        pred = self.unet(x_t, t, context, ref_kv=ref_kv, pose_features=pose_features, num_frames=f)
+
+        target = ddim.training_target(z0, eps, ab, self.obj.prediction)
+        per_video = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)).view(b, f).mean(1)
+        if self.obj.min_snr_gamma:
+            per_video = per_video * ddim.min_snr_weight(self.alphas_cumprod[t].double(), self.obj.min_snr_gamma,
+                                                        self.obj.prediction).float()
+        loss = per_video.mean()
+        if features and not kept:  # all unconditional: keep the ReferenceNet in the graph (DDP wants every grad)
+            loss = loss + 0.0 * sum(x.mean() for x in features)
+        return loss
