@@ -120,6 +120,20 @@ def paper_pose_guider(latent_channels: int = 4) -> PoseGuiderConfig:
     return PoseGuiderConfig(channels=(16, 32, 64, 128), out_channels=latent_channels, adds_to="latent")
 
 
+def demo() -> ModelConfig:
+    """The bundled demo model (issue 7): the full architecture at a width that trains in about an hour on a
+    2-core CPU, for 96x96 synthetic characters (latent 12x12)."""
+    return ModelConfig(
+        unet=UNetConfig(block_out_channels=(32, 64, 128), attention_levels=(True, True, False), layers_per_block=1,
+                        num_heads=4, context_dim=64, norm_groups=8,
+                        motion=MotionConfig(num_heads=4, max_len=32, mid_block=True)),
+        vae=VAEConfig(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_groups=8),
+        clip=CLIPVisionConfig(image_size=64, patch_size=8, width=96, layers=3, heads=4, mlp_dim=192,
+                              projection_dim=64),
+        pose_guider=PoseGuiderConfig(channels=(16, 16, 32, 64), out_channels=32),
+    )
+
+
 def tiny() -> ModelConfig:
     """A model with the full architecture at toy width: runs in milliseconds on CPU (tests)."""
     return ModelConfig(

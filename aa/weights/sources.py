@@ -3,7 +3,7 @@ with the SD VAE and CLIP image encoder, or the parts one by one (weights/README.
 from __future__ import annotations
 
 import os
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -51,9 +51,12 @@ def load_for_sampling(*, weights: str | os.PathLike | None = None, moore: str | 
                       unet: str | os.PathLike | None = None, reference_unet: str | os.PathLike | None = None,
                       motion: str | os.PathLike | None = None, pose_guider: str | os.PathLike | None = None,
                       vae: str | os.PathLike | None = None, clip: str | os.PathLike | None = None,
-                      dtype: torch.dtype | None = None, device: torch.device | str = "cpu",
-                      ) -> tuple[Models, dict, tuple[int, int]]:
-    """The networks, the sampling settings their training recorded, and the default (width, height)."""
+                      cfg: ModelConfig | None = None, dtype: torch.dtype | None = None,
+                      device: torch.device | str = "cpu") -> tuple[Models, dict, tuple[int, int]]:
+    """The networks, the sampling settings their training recorded, and the default (width, height).
+
+    `cfg` is the architecture of public-format weights (SD 1.5 + AnimateDiff v2 by default; heads and norm groups
+    can't be read from shapes); native folders carry their own."""
     if weights is not None:
         models, recorded = load_models(weights, dtype, device)
         size = (recorded.get("width", MOORE_SIZE[0]), recorded.get("height", MOORE_SIZE[1]))
@@ -61,24 +64,26 @@ def load_for_sampling(*, weights: str | os.PathLike | None = None, moore: str | 
     if moore is None and unet is None:
         raise WeightsError(f"no weights given: pass --weights (a native folder), --moore (a Moore-AnimateAnyone "
                            f"folder) or --unet and the other parts; {WEIGHTS_README} says where to get them")
+    cfg = cfg or ModelConfig(unet=sd15_unet())
     folders = [Path(moore), Path(moore).parent, WEIGHTS] if moore is not None else [WEIGHTS]
     vae_model = load_vae(_find(vae, folders, VAE_PLACES, "SD VAE (stabilityai/sd-vae-ft-mse)", "--vae"),
-                         dtype=dtype, device=device)
+                         cfg.vae, dtype=dtype, device=device)
     clip_model = load_clip(_find(clip, folders, CLIP_PLACES, "CLIP image encoder (lambdalabs/"
-                                 "sd-image-variations-diffusers, image_encoder/)", "--clip"), dtype=dtype,
+                                 "sd-image-variations-diffusers, image_encoder/)", "--clip"), cfg.clip, dtype=dtype,
                            device=device)
     if moore is not None:
-        m = load_moore(moore, dtype=dtype, device=device)
+        m = load_moore(moore, cfg.unet, dtype=dtype, device=device)
         denoise, ref, guider = m.denoising_unet, m.reference_net, m.pose_guider
     else:
         if pose_guider is None:
             raise WeightsError(f"--unet needs --pose-guider (a trained pose_guider.pth; {WEIGHTS_README})")
-        denoise = load_unet(unet, dtype=dtype, device=device)
+        stage1 = replace(cfg.unet, motion=None)
+        denoise = load_unet(unet, stage1, dtype=dtype, device=device)
         if motion is not None:
             insert_motion_modules(denoise, motion)
-        state, file, fmt = unet_state_dict(reference_unet or unet, sd15_unet(), dtype)
+        state, file, fmt = unet_state_dict(reference_unet or unet, stage1, dtype)
         body = {k: v for k, v in state.items() if not k.startswith(("conv_norm_out.", "conv_out."))}
-        ref = build_and_load(lambda: ReferenceNet(sd15_unet()), body, file, fmt, dtype, device)
+        ref = build_and_load(lambda: ReferenceNet(stage1), body, file, fmt, dtype, device)
         pose_state = read_state_dict(pose_guider, dtype=dtype)
         pose_cfg = pose_guider_config(pose_state, str(pose_guider), denoise.cfg)
         guider = build_and_load(lambda: PoseGuider(pose_cfg), pose_state, str(pose_guider), "Pose Guider", dtype,

@@ -1,0 +1,220 @@
+"""Animate a character: one reference image and a pose sequence in, an H.264 mp4 out.
+
+    python sample.py                                   # the bundled demo model, reference and poses
+    python sample.py --ref me.png --pose dance.mp4     # your own inputs (the demo model draws synthetic characters)
+    python sample.py --moore weights/moore-animate-anyone --ref me.png --pose dance.mp4 --preset moore
+
+Weights: a native folder written by train.py (`--weights`, default the bundled demo), a Moore-AnimateAnyone folder
+(`--moore`, with the SD VAE and the CLIP image encoder), or the parts one by one. weights/README.md lists the files.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from aa import config, pipeline
+from aa.models import Models
+from aa.video import VideoError, read_frames_folder, read_image, read_video, video_info, write_video
+from aa.weights import WeightsError
+from aa.weights.sources import demo_missing, load_for_sampling
+
+ROOT = Path(__file__).resolve().parent
+DEMO = ROOT / "weights" / "demo"
+MODELS = {"sd15": config.moore, "tiny": config.tiny}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = p.add_argument_group("inputs and outputs")
+    io.add_argument("--ref", type=Path, help="reference image of the character (default: the demo's)")
+    io.add_argument("--pose", type=Path, help="pose sequence: a pose video, a folder of pose images, or keypoints "
+                                              "JSON (rendered at the output size) (default: the demo's)")
+    io.add_argument("--extract", choices=["mediapipe", "dwpose"],
+                    help="--pose is a driving video of a person: extract its keypoints with this backend (optional "
+                         "extras, requirements-pose.txt)")
+    io.add_argument("--align", choices=["limbs", "global"],
+                    help="retarget the driving keypoints to the reference character: per-limb rescale about the "
+                         "neck, or one scale and shift (needs keypoints: JSON --pose or --extract)")
+    io.add_argument("--ref-pose", type=Path, help="the reference image's keypoints JSON for --align (default: "
+                                                  "extracted from --ref with --extract's backend, or mediapipe)")
+    io.add_argument("--face", action="store_true", help="draw face keypoints (off by default: they over-constrain "
+                                                        "faces)")
+    io.add_argument("--no-hands", action="store_true", help="leave hand keypoints out of the rendered poses")
+    io.add_argument("--out", type=Path, default=Path("out.mp4"), help="output video (H.264 mp4)")
+    io.add_argument("--side-by-side", type=Path, help="also write a reference | pose | result video here "
+                                                      "(keeps the frames in memory)")
+    io.add_argument("--sheet", type=Path, help="also write a PNG contact sheet (reference, poses, frames) here")
+    io.add_argument("--fps", type=float, help="frame rate of the output (default: the pose video's, else 8)")
+    io.add_argument("--frames", type=int, help="animate only the first N poses")
+    io.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the model's training size)")
+    io.add_argument("--height", type=int, help="output height, a multiple of 8 (default: the model's)")
+
+    w = p.add_argument_group("weights (see weights/README.md)")
+    w.add_argument("--weights", type=Path, help=f"a native checkpoint folder from train.py (default: {DEMO})")
+    w.add_argument("--moore", type=Path, help="a Moore-AnimateAnyone / novita-ai / MusePose weights folder "
+                                              "(denoising_unet.pth, reference_unet.pth, motion_module.pth, "
+                                              "pose_guider.pth)")
+    w.add_argument("--unet", type=Path, help="denoising UNet: SD 1.x single file, diffusers unet/ folder or file")
+    w.add_argument("--reference-unet", type=Path, help="ReferenceNet weights (default: the same as --unet)")
+    w.add_argument("--motion", type=Path, help="AnimateDiff motion modules (v1/v2/v3 .ckpt/.safetensors or a "
+                                               "diffusers MotionAdapter folder)")
+    w.add_argument("--pose-guider", type=Path, help="Pose Guider weights (pose_guider.pth)")
+    w.add_argument("--vae", type=Path, help="VAE: sd-vae-ft-mse folder or file, or an SD single file")
+    w.add_argument("--clip", type=Path, help="CLIP image encoder: sd-image-variations image_encoder/ folder")
+    w.add_argument("--model", choices=sorted(MODELS), default="sd15",
+                   help="architecture of --moore/--unet weights (native folders carry their own)")
+
+    s = p.add_argument_group("sampling")
+    s.add_argument("--preset", choices=sorted(pipeline.PRESETS), default="default",
+                   help="'default': our settings; 'moore': the released inference exactly (linear betas, "
+                        "wrap-around windows, uniform blending)")
+    s.add_argument("--steps", type=int, help="DDIM steps (default 25)")
+    s.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 3.5; 1 disables it)")
+    s.add_argument("--seed", type=int, default=42, help="random seed of the initial noise")
+    s.add_argument("--window", type=int, help="frames per temporal window (default 24)")
+    s.add_argument("--overlap", type=int, help="frames shared by neighbouring windows (default 4)")
+    s.add_argument("--blend", choices=["triangular", "uniform"], help="how overlapping windows are averaged")
+    s.add_argument("--shift-windows", action="store_true", default=None,
+                   help="move the window seams at every step")
+    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: cuda if available, else cpu)")
+    s.add_argument("--dtype", choices=sorted(DTYPES), help="weights and autocast precision on CUDA (default fp16); "
+                                                           "the CPU always runs fp32")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def read_keypoints(args: argparse.Namespace, path: Path) -> tuple[list | None, float | None]:
+    """Keypoints from a JSON file or folder, or extracted from a driving video/image folder (--extract); None if
+    --pose holds rendered pose images."""
+    from aa.pose import load_json
+    if path.suffix.lower() == ".json" or (path.is_dir() and any(path.glob("*.json"))):
+        return load_json(path)[:args.frames], None
+    if args.extract is None:
+        return None, None
+    from aa.pose_extract import extract_poses
+    if path.is_dir():
+        frames, fps = read_frames_folder(path), None
+    else:
+        info = video_info(path)
+        n = min(info.frames, args.frames or info.frames)
+        frames, fps = read_video(path, range(n)), info.fps
+    return extract_poses(frames[:args.frames], args.extract, ROOT / "weights", progress=not args.quiet), fps
+
+
+def load_poses(args: argparse.Namespace, path: Path, reference: np.ndarray, width: int,
+               height: int) -> tuple[np.ndarray, float | None]:
+    """Pose images (f, height, width, 3) uint8 and the driving video's fps (if any): rendered from keypoints
+    (retargeted with --align), or read from a pose video or image folder and resized."""
+    keypoints, fps = read_keypoints(args, path)
+    if keypoints is not None:
+        from aa.pose_render import render_pose
+        if args.align:
+            from aa.pose import load_json
+            from aa.retarget import retarget
+            if args.ref_pose:
+                ref_pose = load_json(args.ref_pose)[0]
+            else:
+                from aa.pose_extract import extract_poses
+                ref_pose = extract_poses([reference], args.extract or "mediapipe", ROOT / "weights", video=False)[0]
+            keypoints = retarget(keypoints, ref_pose, method=args.align)
+        return np.stack([render_pose(p, width, height, hands=not args.no_hands, face=args.face)
+                         for p in keypoints]), fps
+    if args.align:
+        raise ValueError("--align needs keypoints: pass --pose as keypoints JSON, or --extract a driving video")
+    if path.is_dir():
+        images = read_frames_folder(path)[:args.frames]
+    else:
+        info = video_info(path)
+        fps = info.fps
+        images = read_video(path, range(min(info.frames, args.frames or info.frames)))
+    if images.shape[1:3] != (height, width):
+        images = np.stack([np.asarray(Image.fromarray(im).resize((width, height), Image.Resampling.BILINEAR))
+                           for im in images])
+    return images, fps
+
+
+def contact_sheet(reference: np.ndarray, poses: np.ndarray, frames: np.ndarray, columns: int = 8) -> Image.Image:
+    """Row 1: the reference then evenly spaced poses; row 2: blank then the frames generated for them."""
+    idx = np.linspace(0, len(frames) - 1, min(columns, len(frames))).round().astype(int)
+    h, w = frames.shape[1:3]
+    sheet = Image.new("RGB", ((len(idx) + 1) * w, 2 * h), "white")
+    sheet.paste(Image.fromarray(reference).resize((w, h)), (0, 0))
+    for j, i in enumerate(idx, start=1):
+        sheet.paste(Image.fromarray(poses[i]), (j * w, 0))
+        sheet.paste(Image.fromarray(frames[i]), (j * w, h))
+    return sheet
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    demo = not any([args.weights, args.moore, args.unet])
+    ref_path = args.ref or (DEMO / "reference.png" if demo else None)
+    pose_path = args.pose or (DEMO / "poses.json" if demo else None)
+    try:
+        if ref_path is None or pose_path is None:
+            raise ValueError("--ref and --pose are required unless the bundled demo model is used")
+        reference = read_image(ref_path)  # RGB uint8; fails early on a missing or unreadable file
+        device = torch.device(args.device)
+        dtype = DTYPES[args.dtype or "fp16"] if device.type == "cuda" else torch.float32
+        t0 = time.time()
+        if demo and not (DEMO / "config.json").is_file():
+            raise demo_missing(DEMO)
+        models, sampling, size = load_for_sampling(
+            weights=DEMO if demo else args.weights, moore=args.moore, unet=args.unet,
+            reference_unet=args.reference_unet, motion=args.motion, pose_guider=args.pose_guider, vae=args.vae,
+            clip=args.clip, cfg=MODELS[args.model](), dtype=dtype, device=device)
+        width, height = args.width or size[0], args.height or size[1]
+        poses, fps = load_poses(args, pose_path, reference, width, height)
+    except (ValueError, VideoError, WeightsError, FileNotFoundError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    settings = pipeline.with_overrides(
+        pipeline.PRESETS[args.preset](), **sampling, steps=args.steps, guidance=args.guidance, window=args.window,
+        overlap=args.overlap, blend=args.blend, shift_windows=args.shift_windows, dtype=dtype)
+    fps = args.fps or fps or sampling.get("fps", 8)
+    if not args.quiet:
+        print(f"loaded weights in {time.time() - t0:.1f}s; animating {len(poses)} frames at {width}x{height} on "
+              f"{device} ({settings.steps} steps, guidance {settings.guidance})")
+    chunks = pipeline.animate_iter(models, reference, poses, settings, width=width, height=height,
+                                   seed=args.seed, progress=not args.quiet)
+    keep = args.side_by_side is not None or args.sheet is not None
+    kept: list[np.ndarray] = []
+
+    def frames():
+        for chunk in chunks:
+            if keep:
+                kept.append(chunk)
+            yield from chunk
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_video(args.out, tqdm(frames(), total=len(poses), desc="writing", unit="frame", disable=args.quiet), fps)
+    if keep:
+        result = np.concatenate(kept)
+        ref_small = np.asarray(Image.fromarray(reference).resize((width, height), Image.Resampling.LANCZOS))
+        if args.side_by_side:
+            write_video(args.side_by_side, (np.concatenate([ref_small, p, f], axis=1) for p, f in zip(poses, result)),
+                        fps)
+        if args.sheet:
+            save_png(contact_sheet(reference, poses, result), args.sheet)
+    if not args.quiet:
+        print(f"wrote {args.out} ({len(poses)} frames, {fps:g} fps) in {time.time() - t0:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""tools/eval.py end to end on a tiny synthetic dataset: the copy-reference baseline and a random tiny model."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aa.config import tiny
+from aa.models import Models
+from aa.video import read_video
+from aa.weights.native import save_models
+from tools import eval as evaluation
+from tools.synthetic import write_dataset
+
+SIZE, FRAMES = 32, 4
+RANGES = {"psnr": (0.0, 100.0), "ssim": (-1.0, 1.0), "l1": (0.0, 1.0), "temporal": (0.0, 1.0),
+          "flicker": (-1.0, 1.0)}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 32x32 dataset with one clip of 4 frames in each test split, and a random tiny native checkpoint."""
+    root = tmp_path_factory.mktemp("eval")
+    write_dataset(root / "data", SIZE, SIZE, train_characters=1, val_characters=0, test_characters=1,
+                  clips_per_character=1, frames=FRAMES, progress=False)
+    models = Models.build(tiny())
+    save_models(models, root / "model", sampling={"prediction": "v", "zero_snr": True, "width": SIZE,
+                                                  "height": SIZE})
+    return {"data": root / "data", "model": root / "model", "root": root}
+
+
+@pytest.fixture(scope="module")
+def results(bench: dict[str, Path]) -> dict:
+    """One evaluation run (shared by the tests below): the copy-reference baseline and the tiny model."""
+    argv = ["--data", str(bench["data"]), "--steps", "1", "--guidance", "2", "--out", str(bench["root"] / "out"),
+            "--quiet", "--method", "copy=copy-reference", "--method", f"tiny={bench['model']}"]
+    return evaluation.main(argv)
+
+
+def test_results_cover_every_method_split_and_metric(bench: dict[str, Path], results: dict) -> None:
+    """One run writes results.json (per-clip and summary metrics of every method on every split, plus overall),
+    results.md (the table) and one contact sheet per split; every metric is finite and in its range."""
+    out = bench["root"] / "out"
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert list(results["summary"]) == ["copy", "tiny"]
+    assert results["methods"]["tiny"]["settings"]["steps"] == 1
+    assert results["methods"]["tiny"]["settings"]["prediction"] == "v"
+    assert len(results["clips"]) == 2 and {c["split"] for c in results["clips"]} == set(evaluation.SPLITS)
+    for method, splits in results["summary"].items():
+        assert set(splits) == {*evaluation.SPLITS, "overall"}
+        assert splits["overall"]["clips"] == 2
+        for name, (low, high) in RANGES.items():
+            for row in splits.values():
+                assert math.isfinite(row[name]) and low <= row[name] <= high, (method, name, row[name])
+            per_clip = [c["metrics"][method][name] for c in results["clips"]]
+            assert splits["overall"][name] == pytest.approx(np.mean(per_clip)), "overall weighs clips equally"
+    table = (out / "results.md").read_text()
+    assert table.count("| copy |") == 3 and table.count("| tiny |") == 3 and "SSIM" in table
+    for split in evaluation.SPLITS:
+        with Image.open(out / f"sheet_{split}.png") as sheet:
+            assert sheet.width > (FRAMES + 1) * SIZE and sheet.height >= 4 * SIZE  # poses, truth, 2 methods
+
+
+def test_every_method_gets_the_same_inputs_and_seed(bench: dict[str, Path]) -> None:
+    """Every method receives the same reference, pose images and seed for a clip; the seed is the base seed plus
+    the clip's position in its split; the poses are the clip's keypoints rendered at the video size."""
+    calls: dict[str, list] = {"a": [], "b": []}
+
+    def recorder(name: str) -> evaluation.Method:
+        def method(reference: np.ndarray, poses: np.ndarray, seed: int) -> np.ndarray:
+            calls[name].append((reference, poses, seed))
+            return evaluation.copy_reference(reference, poses, seed)
+        return method
+
+    clips = [c for s in evaluation.SPLITS for c in evaluation.read_split(bench["data"], s)]
+    evaluation.evaluate({"a": recorder("a"), "b": recorder("b")}, clips, seed=7, progress=False)
+    assert [seed for _, _, seed in calls["a"]] == [7 + c.index for c in clips] == [7, 7]
+    for (ref_a, poses_a, _), (ref_b, poses_b, _), clip in zip(calls["a"], calls["b"], clips):
+        np.testing.assert_array_equal(ref_a, ref_b)
+        np.testing.assert_array_equal(poses_a, poses_b)
+        assert poses_a.shape == clip.truth.shape == (FRAMES, SIZE, SIZE, 3) and poses_a.any()
+
+
+def test_copy_reference_temporal_error_is_the_true_motion(bench: dict[str, Path], results: dict) -> None:
+    """The baseline repeats one image, so its temporal error is the ground truth's mean frame-to-frame change and
+    its flicker is minus that: the numbers a model must beat to show it moves at all."""
+    for clip in results["clips"]:
+        truth = read_video(bench["data"] / clip["video"]).astype(np.float64) / 255
+        motion = np.abs(np.diff(truth, axis=0)).mean()
+        assert motion > 0
+        assert clip["metrics"]["copy"]["temporal"] == pytest.approx(motion)
+        assert clip["metrics"]["copy"]["flicker"] == pytest.approx(-motion)
+
+
+def test_recorded_settings_pass_through_and_unknown_ones_fail() -> None:
+    """A checkpoint's recorded sampling reaches the pipeline's Settings (e.g. the no-ReferenceNet ablation's
+    `reference: false`), flags override it, and a recorded key the pipeline does not know is an error rather than
+    silently dropped."""
+    settings = evaluation.model_settings({"prediction": "eps", "reference": False, "width": 64, "height": 64},
+                                         steps=3, guidance=1.0, window=None, folder=Path("ckpt"))
+    assert (settings.prediction, settings.reference, settings.steps, settings.guidance) == ("eps", False, 3, 1.0)
+    with pytest.raises(ValueError, match="not_a_setting"):
+        evaluation.model_settings({"not_a_setting": 1}, None, None, None, Path("ckpt"))
+
+
+def test_method_flag_needs_name_and_spec() -> None:
+    """--method takes NAME=SPEC; a bare path is rejected with a usage error."""
+    with pytest.raises(SystemExit):
+        evaluation.parse_args(["--data", "x", "--method", "runs/full"])
