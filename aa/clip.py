@@ -16,6 +16,8 @@ Preprocessing (SPEC 3) comes in the two conventions the public code uses:
   centre-crop size x size.
 Both run on float tensors with `F.interpolate`, so training (tensors, on any device) and inference (PIL images) go
 through the same code. Use the same mode in training and inference.
+- "pil-squash": Moore's inference exactly (`ref_image.resize((224, 224))` with PIL's antialiased bicubic on the
+  8-bit image, then the processor's normalisation); used by the `moore` sampling preset.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from .config import CLIPVisionConfig
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's per-channel mean and std of [0, 1] pixels
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-MODES = ("squash", "crop")
+MODES = ("squash", "crop", "pil-squash")
 ImageInput = Image.Image | np.ndarray | Tensor | Sequence[Image.Image | np.ndarray | Tensor]
 
 
@@ -164,8 +166,9 @@ def preprocess(images: ImageInput, mode: str = "squash", size: int = 224) -> Ten
     `images`: a PIL image (any 8-bit mode: transparency is composited on white, as `CLIPImageProcessor` does, then
     converted to RGB), a uint8 array/tensor (h, w, 3) or (b, h, w, 3) as images are stored, a float tensor/array
     (3, h, w) or (b, 3, h, w) in [0, 1] as torch models take them, or a list of those (sizes may differ).
-    `mode`: "squash" (default; resize to size x size, bicubic, no antialias: the sd-image-variations recipe) or
-    "crop" (`CLIPImageProcessor`: short side to `size` bicubic antialiased, centre crop). Tensors stay on their device.
+    `mode`: "squash" (default; resize to size x size, bicubic, no antialias: the sd-image-variations recipe),
+    "crop" (`CLIPImageProcessor`: short side to `size` bicubic antialiased, centre crop) or "pil-squash" (Moore's
+    inference: PIL's resize of the 8-bit image). Tensors stay on their device.
     """
     if mode not in MODES:
         raise ValueError(f"unknown CLIP preprocessing mode {mode!r}: expected one of {MODES}")
@@ -174,7 +177,11 @@ def preprocess(images: ImageInput, mode: str = "squash", size: int = 224) -> Ten
             raise ValueError("preprocess() got an empty list of images")
         return torch.cat([preprocess(image, mode, size) for image in images])
     x = to_float_rgb(images)  # (b, 3, h, w) in [0, 1]
-    if mode == "squash":
+    if mode == "pil-squash":
+        pil = [Image.fromarray(a).resize((size, size), Image.Resampling.BICUBIC)
+               for a in (x * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()]
+        x = to_float_rgb(np.stack([np.asarray(p) for p in pil])).to(x.device)
+    elif mode == "squash":
         # no clamp: the recipe resizes float tensors, and bicubic overshoots [0, 1] slightly at edges
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=False)
     else:

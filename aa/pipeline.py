@@ -45,7 +45,8 @@ class Settings:
     wrap: bool = False  # windows that wrap from the last frame to frame 0 (the released schedule)
     shift_windows: bool = False  # move the window seams at every step (never with wrap)
     reference: bool = True  # use the ReferenceNet (False: image-encoder cross-attention only, an ablation)
-    clip_mode: str = "squash"  # CLIP preprocessing: 'squash' to 224x224 or 'crop' (short side + centre crop)
+    clip_mode: str = "squash"  # CLIP preprocessing: 'squash' to 224x224, 'crop' (short side + centre crop) or
+    # 'pil-squash' (PIL's antialiased resize, the released inference)
     decode_chunk: int = 8  # frames per VAE decode call
     dtype: torch.dtype = torch.float16  # autocast precision on CUDA (CPU runs fp32)
 
@@ -53,8 +54,8 @@ class Settings:
 def moore() -> Settings:
     """Moore-AnimateAnyone's released inference (configs/inference/inference_v2.yaml, pipeline_pose2vid_long):
     linear betas, v-prediction, zero SNR, trailing, uniform averaging over wrap-around windows of 24 with
-    overlap 4, fixed across steps, guidance 3.5, CLIP input squashed to 224x224."""
-    return Settings(beta_schedule="linear", blend="uniform", wrap=True, shift_windows=False, clip_mode="squash")
+    overlap 4, fixed across steps, guidance 3.5, CLIP input squashed to 224x224 by PIL."""
+    return Settings(beta_schedule="linear", blend="uniform", wrap=True, shift_windows=False, clip_mode="pil-squash")
 
 
 PRESETS = {"default": Settings, "moore": moore}

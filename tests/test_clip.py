@@ -293,3 +293,16 @@ def test_preprocessed_image_gives_one_context_token():
     assert model.context(pixels).shape == (1, 1, TINY.projection_dim)
     with pytest.raises(AssertionError, match=r"expected \(b, 3, 28, 28\)"):
         model(torch.zeros(1, 3, 224, 224))
+
+
+def test_pil_squash_is_moore_inference():
+    """'pil-squash' = PIL's bicubic resize of the 8-bit image to size x size, then CLIP normalisation (Moore's
+    `ref_image.resize((224, 224))` before the processor); it differs from the unantialiased 'squash'."""
+    from aa.clip import CLIP_MEAN, CLIP_STD, preprocess
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (90, 70, 3), dtype=np.uint8))
+    expected = np.asarray(image.resize((32, 32), Image.Resampling.BICUBIC), np.float32) / 255
+    expected = (expected - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
+    got = preprocess(image, mode="pil-squash", size=32)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(preprocess(image, mode="squash", size=32), preprocess(image, mode="pil-squash", size=32))
