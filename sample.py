@@ -20,7 +20,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from aa import config, pipeline
-from aa.models import Models
 from aa.video import VideoError, read_frames_folder, read_image, read_video, video_info, write_video
 from aa.weights import WeightsError
 from aa.weights.sources import demo_missing, load_for_sampling

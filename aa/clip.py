@@ -31,6 +31,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .config import CLIPVisionConfig
+from .video import pil_to_rgb
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's per-channel mean and std of [0, 1] pixels
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -215,21 +216,6 @@ def to_float_rgb(image: Image.Image | np.ndarray | Tensor) -> Tensor:
         raise ValueError(f"float images must be in [0, 1], got values in [{lo:.3f}, {hi:.3f}] "
                          "(from the VAE's [-1, 1] convention, pass (x + 1) / 2)")
     return image.reshape(-1, *image.shape[-3:]).float()
-
-
-def pil_to_rgb(image: Image.Image) -> Image.Image:
-    """RGB as is; transparency (RGBA, LA, PA, P or L with a transparent colour) composited on white; L, P, CMYK,
-    YCbCr converted. 16-bit and float modes are refused: their range is not 0..255."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        raise ValueError(f"PIL mode {image.mode!r} (16/32-bit) is not an 8-bit image: convert it to RGB yourself, "
-                         "choosing how to map its range to 0..255")
-    if image.mode == "RGB":
-        return image
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def resize_short_side(x: Tensor, size: int) -> Tensor:

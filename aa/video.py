@@ -2,8 +2,8 @@
 
 Frames are numpy arrays `(f, h, w, 3)` uint8 RGB. Normal output is H.264 (libx264, yuv420p, BT.709 tagged) in .mp4,
 playable by browsers and common players. Lossless output (`lossless=True`) is H.264 High 4:4:4 Predictive in RGB
-(libx264rgb, qp 0): it decodes pixel-exactly, is half the size of FFV1 on our synthetic clips, keeps the frame count in the
-.mp4 index, but few players show it; it is meant for datasets, not for viewing.
+(libx264rgb, qp 0): it decodes pixel-exactly, is half the size of FFV1 on our synthetic clips, keeps the frame count
+in the .mp4 index, but few players show it; it is meant for datasets, not for viewing.
 """
 from __future__ import annotations
 
@@ -262,17 +262,19 @@ def _natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def _to_rgb(image: Image.Image) -> np.ndarray:
-    """RGB as is; grey, palette and CMYK converted; transparency (RGBA, LA, palette with alpha) over white."""
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
+def pil_to_rgb(image: Image.Image) -> Image.Image:
+    """RGB as is; transparency (RGBA, LA, PA, P or L with a transparent colour) composited on white; L, P, CMYK,
+    YCbCr converted. 16-bit and float modes are refused: their range is not 0..255."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        raise ValueError(f"PIL mode {image.mode!r} (16/32-bit) is not an 8-bit image: convert it to RGB yourself, "
+                         "choosing how to map its range to 0..255")
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    elif image.mode not in ("RGB", "L", "1", "P", "CMYK", "YCbCr"):
-        raise ValueError(f"image mode {image.mode} (e.g. 16-bit or float) is not supported: save as 8-bit RGB")
-    return np.asarray(image.convert("RGB"))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -282,7 +284,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise VideoError(f"{path}: no such image file")
     try:
         with Image.open(path) as image:
-            return _to_rgb(image)
+            return np.asarray(pil_to_rgb(image))
     except (OSError, ValueError) as e:
         raise VideoError(f"{path}: cannot read as an 8-bit RGB image ({e})") from None
 

@@ -55,7 +55,8 @@ def test_cached_reference_kv_equals_projecting_the_concatenation():
     attn = block.attn1
     normed = block.norm1(x)
     kv_src = torch.cat([normed, ref.repeat_interleave(f, 0)], dim=1)  # (b f) (n + m) c
-    q, k, v = attn.split_heads(attn.to_q(normed)), attn.split_heads(attn.to_k(kv_src)), attn.split_heads(attn.to_v(kv_src))
+    q = attn.split_heads(attn.to_q(normed))
+    k, v = attn.split_heads(attn.to_k(kv_src)), attn.split_heads(attn.to_v(kv_src))
     h = attn.to_out[0](rearrange(textbook(q, k, v), "b nh n d -> b n (nh d)")) + x
     h = block.attn2(block.norm2(h), ctx) + h
     recomputed = block.ff(block.norm3(h)) + h

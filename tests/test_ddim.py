@@ -40,7 +40,8 @@ def test_one_ddim_step_with_the_true_noise_lands_on_the_closed_form(prediction):
     x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev) eps, the forward process at t_prev. (eps prediction can't recover
     x0 at SNR 0, so it runs on the plain schedule; v runs on the zero-SNR one.)"""
     g = torch.Generator().manual_seed(0)
-    x0, eps = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64), torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
+    x0 = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
+    eps = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
     ab = ddim.alphas_cumprod("scaled_linear", zero_snr=prediction == "v")
     for t, t_prev in [(999, 959), (500, 460), (39, -1)]:
         ab_t, ab_prev = ddim.alpha_bar(ab, t), ddim.alpha_bar(ab, t_prev)

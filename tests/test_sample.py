@@ -94,6 +94,7 @@ def test_keypoints_json_is_rendered_and_aligned(files, tmp_path):
     save_json(tmp_path / "ref_pose.json", [Pose(100, 100, body=ref_body)])
     out = tmp_path / "out.mp4"
     code = sample.main(["--weights", str(files / "native"), "--ref", str(files / "ref.png"), "--pose",
-                        str(tmp_path / "drive.json"), "--align", "global", "--ref-pose", str(tmp_path / "ref_pose.json"),
+                        str(tmp_path / "drive.json"), "--align", "global",
+                        "--ref-pose", str(tmp_path / "ref_pose.json"),
                         "--steps", "1", "--out", str(out), "--quiet"])
     assert code == 0 and video_info(out).frames == 4

@@ -15,7 +15,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -24,21 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aa.pose import save_json, save_json_frames  # noqa: E402
 from aa.pose_extract import BACKENDS, extract_poses  # noqa: E402
 from aa.pose_render import render_pose  # noqa: E402
-from aa.video import IMAGE_SUFFIXES, VideoError, read_frames_folder, video_info, write_video  # noqa: E402
-
-
-def read_image(path: Path) -> np.ndarray:
-    """One image as (h, w, 3) uint8 RGB (grey and palette converted; transparency flattened over white)."""
-    try:
-        with Image.open(path) as image:
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-            elif image.mode not in ("RGB", "L", "1", "P", "CMYK", "YCbCr"):
-                raise ValueError(f"image mode {image.mode} (16-bit or float?) is not supported: save as 8-bit RGB")
-            return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"{path}: cannot read as an image ({e})") from None
+from aa.video import IMAGE_SUFFIXES, VideoError, iter_video, read_frames_folder, read_image, video_info, write_video  # noqa: E402
 
 
 def open_input(path: Path, fps: float | None) -> tuple[Iterator[np.ndarray], int, float, bool]:
@@ -49,22 +34,12 @@ def open_input(path: Path, fps: float | None) -> tuple[Iterator[np.ndarray], int
     if not path.exists():
         raise SystemExit(f"{path}: no such file or folder")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return iter([read_image(path)]), 1, fps or 25.0, True
+        try:
+            return iter([read_image(path)]), 1, fps or 25.0, True
+        except VideoError as e:
+            raise SystemExit(str(e)) from None
     info = video_info(path)  # also checks that the file is a readable video
-    return stream_video(path), info.frames, fps or info.fps or 25.0, False
-
-
-def stream_video(path: Path) -> Iterator[np.ndarray]:
-    """Decode a video frame by frame as (h, w, 3) uint8 RGB, so memory does not grow with its length (the same
-    conversion as aa.video.read_video, which holds every frame at once)."""
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
-    except av.FFmpegError as e:
-        raise VideoError(f"{path}: decoding failed ({e})") from None
+    return iter_video(path), info.frames, fps or info.fps or 25.0, False
 
 
 def main() -> None:
