@@ -94,7 +94,8 @@ class TemporalTransformer(nn.Module):
         t = self.proj_in(rearrange(self.norm(x), "b c h w -> b (h w) c"))
         for block in self.transformer_blocks:
             t = block(t, num_frames)
-        return rearrange(self.proj_out(t), "b (h w) c -> b c h w", h=h, w=w) + x
+        # contiguous, as in Transformer2D: a channels-last view here would slow every conv after it
+        return rearrange(self.proj_out(t), "b (h w) c -> b c h w", h=h, w=w).contiguous() + x
 
 
 class MotionModule(nn.Module):

@@ -25,7 +25,8 @@ class VAEAttention(Attention):
         # x: b c h w
         h, w = x.shape[-2:]
         t = rearrange(self.group_norm(x), "b c h w -> b (h w) c")
-        return rearrange(super().forward(t), "b (h w) c -> b c h w", h=h, w=w) + x
+        # contiguous, as in Transformer2D: a channels-last view here would slow every conv after it
+        return rearrange(super().forward(t), "b (h w) c -> b c h w", h=h, w=w).contiguous() + x
 
 
 class MidBlock(nn.Module):

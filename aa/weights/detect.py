@@ -72,9 +72,11 @@ def describe(keys: Iterable[str]) -> str:
         return "an empty file (no tensors)"
     found = kinds(keys)
     phrases = {kind: phrase for kind, phrase, _ in KINDS}
+    if "controlnet" in found:  # a diffusers ControlNet also has a UNet's encoder half
+        return phrases["controlnet"]
     if {"ldm-unet", "ldm-vae"} & set(found):
         return "an SD single file holding " + _join([phrases[k] for k in found])
-    if "unet" in found and "controlnet" not in found:
+    if "unet" in found:
         extras = [("conv_out.weight" not in keys, "without the output head (like Moore's reference_unet.pth)"),
                   (_containing("motion_modules.")(keys), "with motion modules")]
         return " ".join([phrases["unet"], *(text for cond, text in extras if cond)])

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Union
 
 from torch import Tensor
 
 from ..config import UNetConfig, VAEConfig
 from .files import StateDict, WeightsError
 
-Config = Union[UNetConfig, VAEConfig]
-Replacement = Union[str, Callable[[re.Match, Config], str]]
-Rules = list[tuple[re.Pattern, Replacement]]
+Config = UNetConfig | VAEConfig
+Replacement = str | Callable[[re.Match[str], Config], str]
+Rules = list[tuple[re.Pattern[str], Replacement]]
 
 
-def _input_block(m: re.Match, cfg: UNetConfig) -> str:
+def _input_block(m: re.Match[str], cfg: UNetConfig) -> str:
     # input_blocks.N.M, N >= 1: level and layer = divmod(N - 1, layers + 1); layer == layers is the downsampler;
     # M = 0 is the ResNet (or the downsampler), M = 1 the transformer
     level, layer = divmod(int(m[1]) - 1, cfg.layers_per_block + 1)
@@ -34,7 +33,7 @@ def _input_block(m: re.Match, cfg: UNetConfig) -> str:
     return m[0]  # no such block in this config: left as is, so strict loading reports it
 
 
-def _output_block(m: re.Match, cfg: UNetConfig) -> str:
+def _output_block(m: re.Match[str], cfg: UNetConfig) -> str:
     # output_blocks.N: level (lowest resolution first) and layer = divmod(N, layers + 1); M counts the ResNet, the
     # transformer if the level has them, then the upsampler on the level's last layer (all levels but the last)
     level, layer = divmod(int(m[1]), cfg.layers_per_block + 1)
@@ -49,7 +48,7 @@ def _output_block(m: re.Match, cfg: UNetConfig) -> str:
     return f"up_blocks.{level}.{parts[part]}.{0 if parts[part] == 'upsamplers' else layer}."
 
 
-def _decoder_level(m: re.Match, cfg: VAEConfig) -> str:
+def _decoder_level(m: re.Match[str], cfg: VAEConfig) -> str:
     # LDM numbers decoder levels by resolution (up.0 is the full-resolution level, run last); diffusers by the
     # order they run (up_blocks.0 is the lowest resolution)
     return f"decoder.up_blocks.{len(cfg.block_out_channels) - 1 - int(m[1])}."

@@ -133,8 +133,8 @@ def as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     return DTYPES[dtype]
 
 
-def _read(path: str | os.PathLike, subfolder: str, detect: Callable[[list[str], str], Format], cfg: UNetConfig | VAEConfig,
-          dtype: torch.dtype | str | None) -> tuple[StateDict, str, str]:
+def _read(path: str | os.PathLike, subfolder: str, detect: Callable[[list[str], str], Format],
+          cfg: UNetConfig | VAEConfig, dtype: torch.dtype | str | None) -> tuple[StateDict, str, str]:
     """(state in our names, file, format name). Only the model's keys are read: a single file's text encoder
     never leaves the disk (safetensors) or the memory map (pickles)."""
     dtype = as_dtype(dtype)
