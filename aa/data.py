@@ -103,18 +103,17 @@ def crop_pose(pose: Pose, box: tuple[float, float, float, float], width: int, he
 
 
 def frame_indices(rng: np.random.Generator, count: int, cfg: DataConfig) -> tuple[list[int], int]:
-    """Target frames (a clip of cfg.frames at cfg.stride) and a reference frame from the same video."""
+    """Target frames (a clip of cfg.frames at cfg.stride) and a reference frame from the same video; in stage 1 the
+    two are at least cfg.min_ref_distance apart whenever the video is long enough for that."""
     span = (cfg.frames - 1) * cfg.stride + 1
     if count < span:
         raise VideoError(f"too short: {count} frames, a sample needs {span}")
+    d = cfg.min_ref_distance
+    if cfg.frames == 1 and 0 < d < count:  # targets with a frame d away: the first count - d and the last count - d
+        target = int(rng.choice([i for i in range(count) if i >= d or i + d < count]))
+        return [target], int(rng.choice([i for i in range(count) if abs(i - target) >= d]))
     start = int(rng.integers(0, count - span + 1))
-    targets = list(range(start, start + span, cfg.stride))
-    if cfg.frames == 1 and cfg.min_ref_distance > 0:
-        far = [i for i in range(count) if abs(i - start) >= cfg.min_ref_distance]
-        ref = int(rng.choice(far)) if far else int(rng.integers(0, count))
-    else:
-        ref = int(rng.integers(0, count))
-    return targets, ref
+    return list(range(start, start + span, cfg.stride)), int(rng.integers(0, count))
 
 
 class PoseVideoDataset(torch.utils.data.Dataset):

@@ -26,14 +26,15 @@ def step_dir(run: Path, step: int) -> Path:
 
 def save_checkpoint(run: Path, step: int, models: Models, trainable: tuple[str, ...], frozen: tuple[str, ...],
                     state: dict, sampling: dict, keep: int, states: dict[str, dict] | None = None) -> Path:
-    """Write step `step` (trainable networks + optimizer state), then drop all but the newest `keep` checkpoints.
-    `states` gives the trainable networks' full state dicts when they are sharded (FSDP)."""
+    """Write step `step` (trainable networks + optimizer state), then drop all but the newest `keep` checkpoints;
+    the frozen networks are written once, to run/frozen. `states` gives the networks' whole state dicts when they
+    are sharded (FSDP)."""
     final = step_dir(run, step)
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     frozen_dir = run / "frozen"
     if frozen and not (frozen_dir / "config.json").is_file():
-        save_models(models, frozen_dir, sampling, names=frozen)
+        save_models(models, frozen_dir, sampling, names=frozen, states=states)
     paths = {name: os.path.relpath(frozen_dir / f"{name}.safetensors", final) for name in frozen}
     save_models(models, tmp, sampling, names=trainable, paths=paths, states=states)
     torch.save({**state, "step": step}, tmp / STATE)

@@ -2,12 +2,14 @@
 
 Stage 1 trains the denoising UNet (no temporal layers), the ReferenceNet and the Pose Guider on single frames;
 stage 2 adds temporal layers and trains only them on clips (paper 3.3). The VAE and the image encoder stay frozen.
+Every sample's randomness comes from its position in the global sample stream (`sampler.py`), so a run gives the same
+result on any number of processes and when resumed.
 """
 from __future__ import annotations
 
 import json
-import os
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,16 +17,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import pipeline
 from ..data import DataConfig, PoseVideoDataset, read_manifest
 from ..models import NAMES, Models
+from ..video import VideoError, video_info
 from .checkpoint import latest_checkpoint, load_train_state, save_checkpoint
 from .objective import Objective, Trainable, draw_noise, encode
+from .parallel import is_sharded, load_optimizer_state, network_states, optimizer_state, setup_distributed, wrap
 from .sampler import Layout, micro_batch
 from .setup import build_models
+
+AMP = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -77,9 +83,11 @@ class TrainConfig:
 
     @property
     def clip_frames(self) -> int:
+        """Target frames per sample: 1 in stage 1, --frames in stage 2."""
         return 1 if self.stage == 1 else self.frames
 
     def objective(self) -> Objective:
+        """The loss options (the schedule is the one SD was trained with: scaled_linear)."""
         return Objective(self.prediction, "scaled_linear", self.zero_snr, self.min_snr_gamma, self.noise_offset,
                          self.uncond_rate, reference=self.reference)
 
@@ -88,21 +96,84 @@ class TrainConfig:
         return {"prediction": self.prediction, "beta_schedule": "scaled_linear", "zero_snr": self.zero_snr,
                 "reference": self.reference, "width": self.width, "height": self.height}
 
+    def check(self, device: torch.device) -> None:
+        """Refuse settings that can't run, before any heavy work (ValueError naming the flag)."""
+        if self.mixed_precision not in AMP:
+            raise ValueError(f"--mixed-precision must be one of {sorted(AMP)}, got {self.mixed_precision!r}")
+        if self.mixed_precision == "fp16" and device.type != "cuda":
+            raise ValueError("--mixed-precision fp16 needs CUDA (its gradient scaler); use bf16 on the CPU")
+        if self.prediction not in ("v", "eps"):
+            raise ValueError(f"--prediction must be 'v' or 'eps', got {self.prediction!r}")
+        if self.width % 8 or self.height % 8:
+            raise ValueError(f"--width and --height must be multiples of 8, got {self.width}x{self.height}")
+        for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every", "frames", "stride"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
 
-def setup_distributed(device: str | None) -> tuple[int, int, torch.device]:
-    """rank, world size and this process's device; starts the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
-    dev = torch.device(f"cuda:{local}" if cuda else (device or "cpu"))
-    if cuda:
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return rank, world, dev
+
+class Trainer:
+    """The trainable networks wrapped for data parallelism, AdamW with linear warm-up, the gradient scaler, and one
+    optimizer step over a few micro-batches (gradient accumulation). `tools/bench_train.py` times this step."""
+
+    def __init__(self, models: Models, cfg: TrainConfig, world: int, device: torch.device) -> None:
+        self.models, self.cfg, self.device = models, cfg, device
+        self.obj = cfg.objective()
+        self.trainable = Trainable(models, self.obj).to(device)
+        for net in (models.unet, models.reference_net):
+            net.gradient_checkpointing = cfg.gradient_checkpointing
+        self.model = wrap(self.trainable, cfg.fsdp, world, device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # after wrap: FSDP swaps them
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                          lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
+        amp = AMP[cfg.mixed_precision]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+        self.autocast = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
+        vae = models.vae
+        self.latent = (vae.cfg.latent_channels, cfg.height // vae.downscale, cfg.width // vae.downscale)
+
+    def loss(self, seeds: list[int], batch: dict[str, Tensor]) -> Tensor:
+        """The mean loss of one micro-batch (from `PoseVideoDataset`), its noise drawn from the samples' seeds."""
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        noise = draw_noise(seeds, self.cfg.clip_frames, self.latent, self.obj)
+        z0 = encode(self.models.vae, batch["target"].flatten(0, 1), noise.vae_target)  # (b f) c h w
+        ref = encode(self.models.vae, batch["reference"], noise.vae_reference)  # b c h w
+        return self.model(z0, ref, batch["clip"], batch["pose"].flatten(0, 1), noise)
+
+    def step(self, micro_batches: Iterable[tuple[list[int], dict[str, Tensor]]]) -> float:
+        """One optimizer step; returns this process's mean loss over the `cfg.grad_accum` micro-batches."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total, n = 0.0, self.cfg.grad_accum
+        for k, (seeds, batch) in zip(range(n), micro_batches):
+            # DDP: average gradients across processes only after the last micro-batch
+            sync = k == n - 1 or not hasattr(self.model, "no_sync")
+            with nullcontext() if sync else self.model.no_sync():
+                with self.autocast:
+                    loss = self.loss(seeds, batch) / n
+                self.scaler.scale(loss).backward()
+            total += loss.item()
+        self.scaler.unscale_(self.optimizer)
+        if self.cfg.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        return total
+
+    def state(self) -> dict:
+        """Optimizer, schedule and scaler state (gathered whole under FSDP: call on every rank)."""
+        return {"optimizer": optimizer_state(self.model, self.trainable, self.optimizer),
+                "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what `state` returned (after the trainable weights are loaded)."""
+        load_optimizer_state(self.model, self.trainable, self.optimizer, state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
 
 
-def collate(items: list[tuple[int, dict]]) -> tuple[list[int], dict[str, torch.Tensor]]:
+def collate(items: list[tuple[int, dict]]) -> tuple[list[int], dict[str, Tensor]]:
+    """(seed, sample) pairs -> the seeds and the samples stacked along a new batch axis."""
     seeds = [seed for seed, _ in items]
     return seeds, {k: torch.stack([x[k] for _, x in items]) for k in items[0][1]}
 
@@ -127,72 +198,44 @@ class Batches(torch.utils.data.Sampler):
         self.start, self.steps, self.rank, self.layout, self.n, self.seed = start, steps, rank, layout, num_items, seed
 
     def __len__(self) -> int:
-        return (self.steps - self.start) * self.layout.accumulation
+        return max(self.steps - self.start, 0) * self.layout.accumulation
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step in range(self.start, self.steps):
             for micro in range(self.layout.accumulation):
                 yield [(i, s) for _, i, s in micro_batch(step, micro, self.rank, self.layout, self.n, self.seed)]
 
 
-def wrap(trainable: Trainable, cfg: TrainConfig, world: int, device: torch.device) -> torch.nn.Module:
-    if world == 1:
-        return trainable
-    if cfg.fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        from ..unet import Level
-        for net in (trainable.unet, trainable.reference_net):
-            for module in net.modules():
-                if isinstance(module, Level):
-                    fully_shard(module)
-        return fully_shard(trainable)
-    return DistributedDataParallel(trainable, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def full_state(module: torch.nn.Module, cfg: TrainConfig) -> dict:
-    """A module's whole state dict on the CPU (gathered from the shards under FSDP)."""
-    if cfg.fsdp and dist.is_initialized():
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return module.state_dict()
+def resume_from(cfg: TrainConfig, run: Path) -> Path | None:
+    """The checkpoint to resume: --resume DIR, 'auto' (the newest in the run folder, if any), or None."""
+    if cfg.resume == "auto":
+        return latest_checkpoint(run)
+    return Path(cfg.resume) if cfg.resume else None
 
 
 def train(cfg: TrainConfig) -> Path:
     """Run training; returns the last checkpoint folder."""
     rank, world, device = setup_distributed(cfg.device)
-    torch.manual_seed(cfg.seed)
+    cfg.check(device)
+    torch.manual_seed(cfg.seed)  # the same random init in every process
     run = Path(cfg.out)
     models, trainable_names = build_models(cfg)
     models.to(device)
     frozen_names = tuple(n for n in NAMES if n not in trainable_names)
-    trainable = Trainable(models, cfg.objective()).to(device)
-    for net in (models.unet, models.reference_net):
-        net.gradient_checkpointing = cfg.gradient_checkpointing
-    params = [p for p in trainable.parameters() if p.requires_grad]
 
-    start = 0
-    resume = latest_checkpoint(run) if cfg.resume == "auto" else (Path(cfg.resume) if cfg.resume else None)
-    state = None
-    if resume is not None:
-        from ..weights.native import read_config
+    start, state = 0, None
+    resume = resume_from(cfg, run)
+    if resume is not None:  # weights before wrapping (FSDP shards what is there), optimizer state after
         from ..weights.files import read_state_dict
+        from ..weights.native import read_config
         _, _, files = read_config(resume)
         for name in trainable_names:
             getattr(models, name).load_state_dict(read_state_dict(files[name]))
         state = load_train_state(resume)
         start = int(state["step"])
-
-    model = wrap(trainable, cfg, world, device)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
-    cuda = device.type == "cuda"
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)
+    trainer = Trainer(models, cfg, world, device)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
+        trainer.load_state(state)
 
     data_cfg = DataConfig(cfg.width, cfg.height, cfg.clip_frames, cfg.stride, cfg.min_ref_distance,
                           clip_size=models.image_encoder.cfg.image_size)
@@ -200,87 +243,78 @@ def train(cfg: TrainConfig) -> Path:
     layout = Layout(cfg.batch_size, world, cfg.grad_accum)
     loader = torch.utils.data.DataLoader(
         SeededDataset(dataset), batch_sampler=Batches(start, cfg.steps, rank, layout, len(dataset), cfg.seed),
-        num_workers=cfg.workers, collate_fn=collate, persistent_workers=False)
+        num_workers=cfg.workers, collate_fn=collate, pin_memory=device.type == "cuda")
 
-    latent = (models.vae.cfg.latent_channels, cfg.height // models.vae.downscale, cfg.width // models.vae.downscale)
-    autocast = torch.autocast("cuda", dtype=amp_dtype) if cuda and amp_dtype else nullcontext()
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    log = (run / "log.jsonl").open("a") if rank == 0 else None
+    log_file = (run / "log.jsonl").open("a") if rank == 0 else None
     bar = tqdm(total=cfg.steps, initial=start, desc=f"stage {cfg.stage}", disable=rank != 0)
-    step, t0, seen, last = start, time.time(), 0, None
+    step, t0, last = start, time.time(), None
     batches = iter(loader)
     while step < cfg.steps:
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for micro in range(cfg.grad_accum):
-            seeds, batch = next(batches)
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            noise = draw_noise(seeds, cfg.clip_frames, latent, cfg.objective())
-            sync = micro == cfg.grad_accum - 1 or not isinstance(model, DistributedDataParallel)
-            with (nullcontext() if sync else model.no_sync()), autocast:
-                z0 = encode(models.vae, batch["target"].flatten(0, 1), noise.vae_target)
-                ref = encode(models.vae, batch["reference"], noise.vae_reference)
-                loss = model(z0, ref, batch["clip"], batch["pose"].flatten(0, 1), noise) / cfg.grad_accum
-            scaler.scale(loss).backward()
-            total += loss.item()
-            seen += len(seeds) * world
-        scaler.unscale_(optimizer)
-        if cfg.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        schedule.step()
+        loss = trainer.step(batches)
         step += 1
         if world > 1:
-            reduced = torch.tensor([total], device=device)
+            reduced = torch.tensor([loss], device=device)
             dist.all_reduce(reduced)
-            total = reduced.item() / world
+            loss = reduced.item() / world
         if rank == 0:
-            rate = seen / max(time.time() - t0, 1e-9)
-            bar.set_postfix(loss=f"{total:.4f}", lr=f"{schedule.get_last_lr()[0]:.2e}", samples_s=f"{rate:.2f}")
+            lr = trainer.schedule.get_last_lr()[0]
+            rate = (step - start) * layout.global_batch / max(time.time() - t0, 1e-9)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.2f}")
             bar.update()
             if step % cfg.log_every == 0 or step == cfg.steps:
-                log.write(json.dumps({"step": step, "loss": total, "lr": schedule.get_last_lr()[0],
-                                      "samples_per_s": rate, "time": time.time()}) + "\n")
-                log.flush()
+                log_file.write(json.dumps({"step": step, "loss": loss, "lr": lr, "samples_per_s": rate,
+                                           "time": time.time()}) + "\n")
+                log_file.flush()
         if step % cfg.save_every == 0 or step == cfg.steps:
-            states = {n: full_state(getattr(models, n), cfg) for n in trainable_names}
+            states = network_states(trainer.model, models, NAMES)  # a collective under FSDP
+            train_state = trainer.state()
             if rank == 0:
-                train_state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                               "scaler": scaler.state_dict()}
                 last = save_checkpoint(run, step, models, trainable_names, frozen_names, train_state,
                                        cfg.sampling(), cfg.keep, states)
             if world > 1:
                 dist.barrier()
-        if rank == 0 and cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
-            validate(models, cfg, step, run)
+        if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
+            if is_sharded(trainer.model):  # every rank runs the sharded networks; rank 0 writes the video
+                trainer.model.unshard()
+                validate(models, cfg, step, run, write=rank == 0)
+                trainer.model.reshard()
+            elif rank == 0:
+                validate(models, cfg, step, run)
     bar.close()
-    if log is not None:
-        log.close()
+    if log_file is not None:
+        log_file.close()
     if world > 1:
         dist.barrier()
     return last or latest_checkpoint(run)
 
 
 @torch.no_grad()
-def validate(models: Models, cfg: TrainConfig, step: int, run: Path) -> Path:
-    """A validation video with the real pipeline: ground truth | pose | generated, for the first validation clip."""
+def validate(models: Models, cfg: TrainConfig, step: int, run: Path, write: bool = True) -> Path | None:
+    """A validation video with the real pipeline, ground truth | pose | generated, for the first readable validation
+    clip (stage 1: up to 8 frames, stage 2: --frames); written to run/val/step_N.mp4."""
     from ..video import write_video
-    frames = max(cfg.frames if cfg.stage == 2 else 8, 1)
-    data = PoseVideoDataset(read_manifest(cfg.val_data or cfg.data),
-                            DataConfig(cfg.width, cfg.height, frames, cfg.stride, crop_scale=(1.0, 1.0),
-                                       clip_size=models.image_encoder.cfg.image_size))
+    entries = read_manifest(cfg.val_data or cfg.data)
+    frames = cfg.frames
+    if cfg.stage == 1:  # the first video's length, up to 8 (the stage-1 UNet has no temporal layers)
+        try:
+            frames = min(8, video_info(entries[0].video).frames)
+        except VideoError:
+            frames = 8
+    data = PoseVideoDataset(entries, DataConfig(cfg.width, cfg.height, frames, cfg.stride, crop_scale=(1.0, 1.0),
+                                                clip_size=models.image_encoder.cfg.image_size))
     sample = data[(0, cfg.seed)]
     to_uint8 = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
     truth, ref = to_uint8(sample["target"]), to_uint8(sample["reference"][None])[0]
     poses = (sample["pose"] * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    settings = pipeline.Settings(steps=cfg.val_steps, window=max(frames, 1), prediction=cfg.prediction,
+    settings = pipeline.Settings(steps=cfg.val_steps, window=frames, overlap=0, prediction=cfg.prediction,
                                  zero_snr=cfg.zero_snr, reference=cfg.reference)
     out = pipeline.animate(models, ref, poses, settings, seed=cfg.seed, progress=False)
+    if not write:
+        return None
     path = run / "val" / f"step_{step:07d}.mp4"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_video(path, (np.concatenate([t, p, o], axis=1) for t, p, o in zip(truth, poses, out)), 8)
     return path
-

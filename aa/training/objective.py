@@ -95,14 +95,16 @@ class Trainable(nn.Module):
 
         ab = self.alphas_cumprod[t].repeat_interleave(f)  # (b f)
         x_t = ddim.add_noise(z0, eps, ab)
-        features, ref_kv = [], None
+        ref_kv = None
         if self.obj.reference:
+            # run even when every video is unconditional: all processes must call the same modules (DDP, FSDP)
             features = self.reference_net(reference[:max(kept, 1)], context[:max(kept, 1)])
-            ref_kv = self.unet.reference_kv(features) if kept else None
+            ref_kv = self.unet.reference_kv(features)
         pose_features = self.pose_guider(pose)
         if self.pose_guider.adds_to_latent:
             x_t, pose_features = x_t + pose_features, None
-        pred = self.unet(x_t, t, context, ref_kv=ref_kv, pose_features=pose_features, num_frames=f)
+        pred = self.unet(x_t, t, context, ref_kv=ref_kv if kept else None, pose_features=pose_features,
+                         num_frames=f)
 
         target = ddim.training_target(z0, eps, ab, self.obj.prediction)
         per_video = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)).view(b, f).mean(1)
@@ -110,6 +112,6 @@ class Trainable(nn.Module):
             per_video = per_video * ddim.min_snr_weight(self.alphas_cumprod[t].double(), self.obj.min_snr_gamma,
                                                         self.obj.prediction).float()
         loss = per_video.mean()
-        if features and not kept:  # all unconditional: keep the ReferenceNet in the graph (DDP wants every grad)
-            loss = loss + 0.0 * sum(x.mean() for x in features)
+        if ref_kv is not None and not kept:  # all unconditional: keep the ReferenceNet in the graph with zero
+            loss = loss + 0.0 * sum(k.mean() + v.mean() for k, v in ref_kv)  # gradient (DDP wants every grad)
         return loss

@@ -4,8 +4,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from torch import nn
+
 from .. import config
 from ..models import Models
+from ..unet import UNet
 from ..weights.animate import insert_motion_modules
 from ..weights.clip import load_clip
 from ..weights.controlnet import controlnet_pose_guider_state
@@ -15,7 +18,7 @@ from ..weights.sd import load_vae, unet_state_dict
 if TYPE_CHECKING:
     from .loop import TrainConfig
 
-PRESETS = {"sd15": config.moore, "tiny": config.tiny}
+PRESETS = {"sd15": config.moore, "demo": config.demo, "tiny": config.tiny}
 
 
 def stage1_models(cfg: TrainConfig) -> Models:
@@ -43,9 +46,8 @@ def stage1_models(cfg: TrainConfig) -> Models:
     return models
 
 
-def _without_motion(models: Models):
+def _without_motion(models: Models) -> UNet:
     """A stage-1 UNet: the same parameters with the temporal layers (if any) left out."""
-    from ..unet import UNet
     unet = models.unet
     if unet.cfg.motion is None:
         return unet
@@ -58,26 +60,56 @@ def build_models(cfg: TrainConfig) -> tuple[Models, tuple[str, ...]]:
     """The networks of a stage, with requires_grad set; returns them and the names of those that train."""
     if cfg.stage == 1:
         models = stage1_models(cfg)
-        trainable = ("unet", "pose_guider") + (("reference_net",) if cfg.reference else ()) + \
-            (("image_encoder",) if cfg.train_image_encoder else ())
     elif cfg.stage == 2:
         if not cfg.stage1:
             raise ValueError("stage 2 starts from a stage-1 checkpoint: pass --stage1 DIR")
         models, _ = load_models(cfg.stage1)
+        # the preset's temporal layers (AnimateDiff files don't store the number of heads: the preset gives it)
+        motion = PRESETS.get(cfg.model, config.moore)().unet.motion or config.animatediff("v2")
         if cfg.motion:
-            insert_motion_modules(models.unet, cfg.motion)
+            insert_motion_modules(models.unet, cfg.motion, num_heads=motion.num_heads)
         elif models.unet.cfg.motion is None:  # new temporal layers, zero-initialised (identity at the start)
-            models.unet.add_motion_modules(PRESETS.get(cfg.model, config.moore)().unet.motion or config.animatediff("v2"))
+            models.unet.add_motion_modules(motion)
         models.cfg = replace(models.cfg, unet=models.unet.cfg)
-        trainable = ("unet",)
     else:
         raise ValueError(f"--stage must be 1 or 2, got {cfg.stage}")
+    return models, set_trainable(models, cfg.stage, cfg.reference, cfg.train_image_encoder)
+
+
+def set_trainable(models: Models, stage: int, reference: bool = True,
+                  train_image_encoder: bool = False) -> tuple[str, ...]:
+    """Set requires_grad for a stage (paper 3.3) and return the names of the networks that train.
+
+    Stage 1: the UNet, the Pose Guider and the ReferenceNet (without its unused tail; not at all with
+    reference=False); stage 2: only the UNet's temporal layers. The VAE and the image encoder stay frozen."""
+    if stage == 1:
+        trainable = ("unet", "pose_guider") + (("reference_net",) if reference else ()) + \
+            (("image_encoder",) if train_image_encoder else ())
+    else:
+        trainable = ("unet",)
     for name, module in models.modules().items():
         module.requires_grad_(name in trainable)
-    if cfg.stage == 1 and cfg.reference:
-        for p in models.reference_net.unused_parameters():  # nothing reads them: they'd get no gradient
+    if stage == 1:
+        assert models.unet.cfg.motion is None, "stage 1 trains a UNet without temporal layers"
+        frozen = single_token_query_parameters(models.unet)
+        if reference:  # the ReferenceNet's unused tail: nothing reads it
+            frozen += models.reference_net.unused_parameters() + single_token_query_parameters(models.reference_net)
+        for p in frozen:
             p.requires_grad_(False)
     else:
+        assert models.unet.cfg.motion is not None, "stage 2 trains temporal layers: the UNet has none"
         for name, p in models.unet.named_parameters():
             p.requires_grad_(".motion_modules." in name)
-    return models, trainable
+    return trainable
+
+
+def single_token_query_parameters(unet: UNet) -> list[nn.Parameter]:
+    """The cross-attention parameters that can't change the output when the context is one token (the CLIP image
+    embedding, SPEC 2): softmax over a single key is 1, so attn2 returns to_out(to_v(context)) whatever its queries
+    and keys. norm2, attn2.to_q and attn2.to_k get only rounding noise as gradient, which AdamW would turn into
+    lr-sized random steps; training leaves them as loaded (the released weights train them, to no effect)."""
+    params = []
+    for transformer in unet.transformers():
+        block = transformer.transformer_blocks[0]
+        params += [*block.norm2.parameters(), *block.attn2.to_q.parameters(), *block.attn2.to_k.parameters()]
+    return params

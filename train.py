@@ -1,0 +1,116 @@
+"""Train Animate Anyone in two stages (paper 3.3).
+
+    python train.py --stage 1 --data data/train.json --sd-unet weights/stable-diffusion-v1-5 \\
+        --vae weights/sd-vae-ft-mse --clip weights/sd-image-variations-diffusers/image_encoder --out runs/s1
+    python train.py --stage 2 --data data/train.json --stage1 runs/s1/checkpoints/step_0030000 \\
+        --motion weights/animatediff/mm_sd_v15_v2.ckpt --out runs/s2
+    torchrun --nproc_per_node 8 train.py ...        # data-parallel, one process per GPU (gloo on CPU)
+
+Checkpoints (runs/x/checkpoints/step_N) load in sample.py with --weights; --export-moore writes the released layout.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+
+from aa.training.loop import AMP, TrainConfig, train
+from aa.training.setup import PRESETS
+
+HELP = {
+    "stage": "1: single frames, trains UNet + ReferenceNet + Pose Guider; 2: clips, trains the temporal layers only",
+    "data": "training manifest: a JSON list of {video, keypoints} (ours) or {video_path, kps_path} (released)",
+    "out": "run folder: checkpoints/, frozen/, val/, log.jsonl",
+    "val_data": "manifest for validation videos (default: the training one)",
+    "model": "architecture when not starting from a folder: 'sd15' (SD 1.5 + AnimateDiff v2 layout) or 'tiny'; "
+             "stage 2: the temporal layers' layout and heads (pass the stage-1 run's)",
+    "init": "stage 1: a native model folder to start from (all five networks it holds)",
+    "sd_unet": "stage 1: SD 1.x UNet weights for both UNets (single file, diffusers folder, sd-image-variations)",
+    "vae": "stage 1: VAE weights (sd-vae-ft-mse folder or file, or an SD single file)",
+    "clip": "stage 1: CLIP image encoder (sd-image-variations image_encoder/ folder)",
+    "pose_guider_init": "stage 1: ControlNet openpose weights for the Pose Guider (default: Gaussian init, zero "
+                        "output layer)",
+    "stage1": "stage 2: the stage-1 checkpoint folder to start from",
+    "motion": "stage 2: AnimateDiff motion modules to start the temporal layers from (default: new, zero output)",
+    "train_image_encoder": "also train the image encoder (only for small models without a pretrained one)",
+    "steps": "optimizer steps in total (a resumed run continues up to this)",
+    "batch_size": "videos per process per micro-batch",
+    "grad_accum": "micro-batches per optimizer step",
+    "lr": "AdamW learning rate after warm-up",
+    "warmup": "linear warm-up steps",
+    "weight_decay": "AdamW weight decay",
+    "clip_grad": "gradient norm clipping (0: off)",
+    "mixed_precision": "autocast: 'no', 'bf16', or 'fp16' with a gradient scaler (CUDA only)",
+    "gradient_checkpointing": "recompute UNet activations in backward (much less memory, ~30%% slower)",
+    "prediction": "what the UNet predicts: 'v' or 'eps'",
+    "zero_snr": "rescale the noise schedule to zero terminal SNR",
+    "min_snr_gamma": "min-SNR-gamma loss weighting (a negative value turns it off)",
+    "noise_offset": "per-video, per-channel offset noise scale",
+    "uncond_rate": "fraction of samples trained unconditionally (zero CLIP embedding, no reference)",
+    "reference": "use the ReferenceNet (--no-reference: image-encoder cross-attention only, the paper's ablation)",
+    "width": "training width in pixels (multiple of 8)",
+    "height": "training height in pixels (multiple of 8)",
+    "frames": "stage 2: frames per clip",
+    "stride": "stage 2: step between the frames of a clip",
+    "min_ref_distance": "stage 1: minimum distance in frames between the target and the reference frame",
+    "save_every": "checkpoint every N steps",
+    "keep": "keep the newest N checkpoints",
+    "log_every": "write log.jsonl every N steps",
+    "val_every": "write a validation video every N steps and at the end (0: never)",
+    "val_steps": "DDIM steps of validation videos",
+    "seed": "seed of data order, augmentation and noise (runs are reproducible)",
+    "workers": "data loader worker processes per training process",
+    "fsdp": "under torchrun: shard parameters, gradients and optimizer state across processes (FSDP2) instead of "
+            "keeping a copy in each (DDP)",
+    "resume": "continue from a checkpoint folder, or 'auto' for the newest one in --out",
+    "device": "torch device (default: this process's GPU if there is one, else cpu)",
+}
+
+CHOICES = {"stage": [1, 2], "model": sorted(PRESETS), "mixed_precision": sorted(AMP), "prediction": ["v", "eps"]}
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=HELP[f.name])
+        else:
+            kind = {"min_snr_gamma": float}.get(f.name, type(default) if default is not None else str)
+            p.add_argument(flag, type=kind, default=default, help=HELP[f.name] + f" (default: {default})",
+                           required=f.name == "data", choices=CHOICES.get(f.name))
+    p.add_argument("--export-moore", metavar="DIR", help="after training, also write the released Moore layout here")
+    p.add_argument("--export", metavar="DIR", help="after training, write a self-contained model folder here")
+    args = p.parse_args(argv)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    if cfg.min_snr_gamma is not None and cfg.min_snr_gamma < 0:
+        cfg.min_snr_gamma = None
+    return cfg, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, args = parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # e.g. "WARNING aa.data: skipping x.mp4: ..."
+    try:
+        last = train(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import torch.distributed as dist
+    if last is not None and (not dist.is_initialized() or dist.get_rank() == 0):
+        from aa.weights.native import export_folder, export_moore, load_models
+        if args.export:
+            export_folder(last, args.export)
+        if args.export_moore:
+            export_moore(load_models(last)[0], args.export_moore)
+        print(f"last checkpoint: {last}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
