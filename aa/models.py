@@ -35,6 +35,15 @@ class Models:
     pose_guider: PoseGuider
     cfg: ModelConfig | None = None  # the configuration they were built from, when known
 
+    def __post_init__(self) -> None:
+        """The networks must fit together: latent channels and the Pose Guider's downscale match the VAE's."""
+        latent = self.vae.cfg.latent_channels
+        guider_scale = 2 ** (len(self.pose_guider.cfg.channels) - 1)
+        if self.unet.cfg.in_channels != latent or self.unet.cfg.out_channels != latent:
+            raise ValueError(f"the UNet takes {self.unet.cfg.in_channels} channels, the VAE's latents have {latent}")
+        if guider_scale != self.vae.downscale:
+            raise ValueError(f"the Pose Guider downsamples {guider_scale}x but the VAE {self.vae.downscale}x")
+
     @classmethod
     def build(cls, cfg: ModelConfig) -> "Models":
         """Randomly initialised networks of a configuration (tests, benchmarks, training from scratch)."""

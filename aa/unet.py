@@ -99,6 +99,11 @@ class UNet(nn.Module):
         """The spatial transformers in execution order: the order of reference features and cached K/V."""
         return [t for level in [*self.down_blocks, self.mid_block, *self.up_blocks] for t in level.attentions]
 
+    def last_up_transformer(self) -> tuple[int, int] | None:
+        """(up level, layer) of the last spatial transformer to run (None if the up levels have none)."""
+        places = [(j, i) for j, level in enumerate(self.up_blocks) for i in range(len(level.attentions))]
+        return places[-1] if places else None
+
     def reference_kv(self, features: list[Tensor]) -> list[KV]:
         """Project the ReferenceNet's features (b, m, c) once per video with each block's own attn1 to_k/to_v."""
         blocks = self.transformers()
@@ -158,7 +163,7 @@ class UNet(nn.Module):
         for j, level in enumerate(self.up_blocks):
             for i in range(len(level.resnets)):
                 h = torch.cat([h, skips.pop()], dim=1)
-                if features_only and j == len(self.up_blocks) - 1 and i == len(level.resnets) - 1:
+                if features_only and (j, i) == self.last_up_transformer():
                     # the last transformer: only its attn1 input is needed
                     features.append(level.attentions[i].reference_features(level.resnets[i](h, temb, num_frames)))
                     return None

@@ -104,3 +104,13 @@ def test_pose_features_enter_after_conv_in(nets):
     pose = torch.zeros(2, CFG.unet.block_out_channels[0], 8, 8)
     torch.testing.assert_close(unet(x, 5, ctx, pose_features=pose), unet(x, 5, ctx))
     assert not torch.allclose(unet(x, 5, ctx, pose_features=pose + 1), unet(x, 5, ctx))
+
+
+def test_reference_features_when_the_top_level_has_no_attention():
+    """The ReferenceNet stops after the last transformer wherever it sits (here: not in the last up level), and
+    still returns one feature per transformer."""
+    cfg = replace(STAGE1, block_out_channels=(16, 32, 32), attention_levels=(False, True, False))
+    ref = ReferenceNet(cfg)
+    feats = ref(torch.randn(1, 4, 8, 8), torch.randn(1, 1, 16))
+    assert len(feats) == len(ref.transformers()) == 1 + 1 + 2
+    assert ref.unused_parameters()

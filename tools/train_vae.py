@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--every", type=int, default=2, help="use every N-th frame of the training videos")
     p.add_argument("--crop", type=int, default=48, help="train on random square crops of this size (a multiple "
                                                         "of 8; the VAE is convolutional, so it runs on full frames)")
+    p.add_argument("--init-logvar", type=float, default=-8.0, help="initial posterior log-variance (bias)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     args = p.parse_args(argv)
 
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     train = load_frames(args.data, "train", args.every)
     val = to_tensor(load_frames(args.data, "val", 8)[:64])
     vae = AutoencoderKL(PRESETS[args.model]().vae)
+    with torch.no_grad():  # start nearly deterministic: with log-variance 0 the posterior's unit noise drowns the
+        vae.quant_conv.bias[vae.cfg.latent_channels:] = args.init_logvar  # small initial means and slows learning
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1.0))))
@@ -90,8 +93,11 @@ def main(argv: list[str] | None = None) -> None:
                                   "time": time.time() - t0}) + "\n")
             log.flush()
             save_native(vae, args.out / "vae.safetensors")
+    with torch.no_grad():  # the scale that gives the UNet unit-variance latents (SD's 0.18215 was found the same way)
+        sample = to_tensor(train[rng.integers(0, len(train), 256)])
+        std = torch.cat([vae.posterior(x).mean for x in sample.split(32)]).std().item()
     print(f"validation PSNR {score:.2f} dB after {args.steps} steps ({time.time() - t0:.0f} s); "
-          f"wrote {args.out / 'vae.safetensors'}")
+          f"wrote {args.out / 'vae.safetensors'}; latent std {std:.4f}: scaling_factor = {1 / std:.5f}")
 
 
 if __name__ == "__main__":

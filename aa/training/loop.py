@@ -93,8 +93,12 @@ class TrainConfig:
 
     def sampling(self) -> dict:
         """What inference must use with these weights (recorded in every checkpoint's config.json)."""
-        return {"prediction": self.prediction, "beta_schedule": "scaled_linear", "zero_snr": self.zero_snr,
-                "reference": self.reference, "width": self.width, "height": self.height}
+        recorded = {"prediction": self.prediction, "beta_schedule": "scaled_linear", "zero_snr": self.zero_snr,
+                    "reference": self.reference, "width": self.width, "height": self.height}
+        if self.stage == 2:  # the temporal layers learned windows of this length
+            recorded["window"] = self.frames
+            recorded["overlap"] = min(4, self.frames // 3)
+        return recorded
 
     def check(self, device: torch.device) -> None:
         """Refuse settings that can't run, before any heavy work (ValueError naming the flag)."""

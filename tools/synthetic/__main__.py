@@ -10,6 +10,7 @@ if __package__ in (None, ""):  # run as `python tools/synthetic`: make the repos
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     __package__ = "tools.synthetic"
 
+from tools.synthetic.character import BACKGROUNDS  # noqa: E402
 from tools.synthetic.dataset import FPS, write_dataset  # noqa: E402
 
 
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frames", type=int, default=24, help="frames per clip")
     ap.add_argument("--fps", type=float, default=FPS, help="frame rate of the motions and of the video files")
     ap.add_argument("--seed", type=int, default=0, help="master seed: same arguments, same bytes")
+    ap.add_argument("--backgrounds", nargs="+", choices=BACKGROUNDS, default=list(BACKGROUNDS),
+                    help="backdrop kinds to draw from (default: all)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if len(args.size) not in (1, 2) or min(args.size) < 16:
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     manifests = write_dataset(args.out, width, height, args.train_characters, args.val_characters,
                               args.test_characters, args.clips_per_character, args.frames, args.seed, args.fps,
-                              progress=not args.quiet)
+                              progress=not args.quiet, backgrounds=tuple(args.backgrounds))
     counts = ", ".join(f"{k} {len(v)}" for k, v in manifests.items())
     print(f"wrote {args.out} ({width}x{height}, {args.frames} frames per clip): {counts} clips "
           f"in {time.time() - start:.1f} s")

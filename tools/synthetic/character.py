@@ -132,7 +132,7 @@ def _proportions(rng: np.random.Generator) -> dict[str, float]:
     return {k: (v if k in ("head_aspect", "depth") else v / height) for k, v in p.items()}
 
 
-def sample_character(seed: int) -> Character:
+def sample_character(seed: int, backgrounds: tuple[str, ...] = BACKGROUNDS) -> Character:
     """Draw a character from `seed` (same seed, same character)."""
     rng = np.random.default_rng(seed)
     skin = tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in _SKIN[rng.integers(len(_SKIN))])
@@ -142,7 +142,7 @@ def sample_character(seed: int) -> Character:
     logo = None if rng.uniform() < 0.25 else str(rng.choice(LOGOS))
     logo_colour = _distinct(rng, [shirt.colour, shirt.accent], (0.5, 1.0), (0.5, 1.0), min_distance=140.0)
     hat = str(rng.choice(HATS)) if rng.uniform() < 0.3 else None
-    kind = str(rng.choice(BACKGROUNDS))
+    kind = str(rng.choice(backgrounds))
     figure = [skin, shirt.colour, trousers.colour, hair]
     bg = _distinct(rng, figure, (0.05, 0.45), (0.25, 0.95), min_distance=110.0)
     bg_accent = _distinct(rng, [bg], (0.05, 0.5), (0.2, 1.0), min_distance=50.0)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from aa.pose import Pose, save_json
 from aa.video import write_video
 
-from .character import Character, sample_character
+from .character import BACKGROUNDS, Character, sample_character
 from .motions import HELD_OUT_MOTIONS, MOTIONS, TRAIN_MOTIONS, sample_params
 from .render import render_frame
 from .skeleton import PoseState
@@ -93,13 +93,15 @@ def _save_png(path: Path, image: np.ndarray) -> None:
 
 def write_dataset(out: str | os.PathLike, width: int = 64, height: int = 64, train_characters: int = 40,
                   val_characters: int = 5, test_characters: int = 8, clips_per_character: int = 3,
-                  frames: int = 24, seed: int = 0, fps: float = FPS, progress: bool = True) -> dict[str, list[dict]]:
-    """Generate the whole dataset under `out` (layout in the module docstring); returns the manifests."""
+                  frames: int = 24, seed: int = 0, fps: float = FPS, progress: bool = True,
+                  backgrounds: tuple[str, ...] = BACKGROUNDS) -> dict[str, list[dict]]:
+    """Generate the whole dataset under `out` (layout in the module docstring); returns the manifests.
+    `backgrounds` limits the backdrop kinds (e.g. the plain ones, for a small model)."""
     out = Path(out)
     plan = plan_splits(train_characters, val_characters, test_characters, clips_per_character)
     (out / "characters").mkdir(parents=True, exist_ok=True)
     characters = sorted({c.character for clips in plan.values() for c in clips})
-    cache = {c: sample_character(character_seed(seed, c)) for c in characters}
+    cache = {c: sample_character(character_seed(seed, c), backgrounds) for c in characters}
     manifests: dict[str, list[dict]] = {}
     total = len(characters) + sum(len(v) for v in plan.values())
     with tqdm(total=total, desc="synthetic", unit="item", disable=not progress) as bar:
@@ -124,7 +126,7 @@ def write_dataset(out: str | os.PathLike, width: int = 64, height: int = 64, tra
             (out / f"{split}.json").write_text(json.dumps(manifests[split], indent=1))
     info = dict(width=width, height=height, frames=frames, fps=fps, seed=seed, train_characters=train_characters,
                 val_characters=val_characters, test_characters=test_characters,
-                clips_per_character=clips_per_character, train_motions=list(TRAIN_MOTIONS),
+                clips_per_character=clips_per_character, backgrounds=list(backgrounds), train_motions=list(TRAIN_MOTIONS),
                 held_out_motions=list(HELD_OUT_MOTIONS),
                 characters={str(c): asdict(cache[c]) for c in characters})
     (out / "info.json").write_text(json.dumps(info, indent=1))
