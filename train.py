@@ -39,6 +39,7 @@ HELP = {
     "grad_accum": "micro-batches per optimizer step",
     "lr": "AdamW learning rate after warm-up",
     "warmup": "linear warm-up steps",
+    "decay": "linear decay of the learning rate to zero over the last N steps (0: constant after warm-up)",
     "weight_decay": "AdamW weight decay",
     "clip_grad": "gradient norm clipping (0: off)",
     "mixed_precision": "autocast: 'no', 'bf16', or 'fp16' with a gradient scaler (CUDA only)",

@@ -29,9 +29,18 @@ class ReferenceNet(UNet):
         return features
 
     def unused_parameters(self) -> list[nn.Parameter]:
-        """Parameters after the last feature (its block's attention, feed-forward and proj_out): nothing reads
-        them, so training freezes them (and DDP needs no unused-parameter search)."""
+        """Parameters after the last feature: its block's attention and feed-forward, its proj_out, and every up
+        layer after it. Nothing reads them, so training freezes them (and DDP needs no unused-parameter search)."""
+        place = self.last_up_transformer()
         last = self.transformers()[-1]
         block = last.transformer_blocks[0]
         used = set(map(id, block.norm1.parameters()))
-        return [p for p in [*block.parameters(), *last.proj_out.parameters()] if id(p) not in used]
+        unused = [p for p in [*block.parameters(), *last.proj_out.parameters()] if id(p) not in used]
+        if place is None:  # the features end in the mid block: its second resnet and the up levels never run
+            later = [self.mid_block.resnets[1], *self.mid_block.motion_modules, *self.up_blocks]
+            return unused + [p for m in later for p in m.parameters()]
+        j, i = place
+        level = self.up_blocks[j]
+        later = [*level.resnets[i + 1:], *level.attentions[i + 1:], *level.motion_modules[i:],
+                 *getattr(level, "upsamplers", []), *self.up_blocks[j + 1:]]
+        return unused + [p for m in later for p in m.parameters()]

@@ -154,6 +154,9 @@ class UNet(nn.Module):
                 skips.append(h)
         mid = self.mid_block
         h = self._run(mid.resnets[0], h, temb, num_frames)
+        if features_only and self.last_up_transformer() is None:  # the mid block holds the last transformer
+            features.append(mid.attentions[0].reference_features(h))
+            return None
         h, feature = self._run(mid.attentions[0], h, context, next(refs), num_frames)
         if features is not None:
             features.append(feature)

@@ -457,3 +457,10 @@ def test_torchrun_fsdp_matches_one_process(runs):
     assert (runs["fsdp"] / "val" / "step_0000003.mp4").is_file()
     models, _ = load_models(runs["fsdp"] / "checkpoints" / "step_0000003")
     assert models.unet.conv_in.weight.shape == (32, 4, 3, 3)
+
+
+def test_learning_rate_warms_up_holds_and_decays_to_zero():
+    from aa.training.loop import TrainConfig, lr_factor
+    cfg = TrainConfig(steps=10, warmup=2, decay=4)
+    assert [round(lr_factor(cfg, s), 3) for s in range(10)] == [0.5, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25]
+    assert lr_factor(TrainConfig(steps=10, warmup=2), 9) == 1.0

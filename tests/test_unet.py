@@ -50,9 +50,11 @@ def test_reference_features_are_the_attn1_inputs_of_a_full_pass(nets):
     assert [f.shape[-1] for f in feats] == widths
 
 
-def test_referencenet_trains_only_what_feeds_its_features():
-    """Every parameter but `unused_parameters()` gets a gradient from the features; those get none."""
-    ref = ReferenceNet(STAGE1)
+@pytest.mark.parametrize("attention", [(True, False), (False, True), (False, False)])
+def test_referencenet_trains_only_what_feeds_its_features(attention):
+    """Every parameter but `unused_parameters()` gets a gradient from the features; those get none. The last
+    transformer may sit in the last up level (SD), an earlier one (the demo) or only in the mid block."""
+    ref = ReferenceNet(replace(STAGE1, attention_levels=attention))
     sum(f.sum() for f in ref(torch.randn(1, 4, 8, 8), torch.randn(1, 1, 16))).backward()
     unused = set(map(id, ref.unused_parameters()))
     assert unused, "the last block's attention/feed-forward/proj_out are unused"

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 1e-5
     warmup: int = 1
+    decay: int = 0
     weight_decay: float = 1e-2
     clip_grad: float = 1.0
     mixed_precision: str = "no"
@@ -128,8 +130,7 @@ class Trainer:
         self.model = wrap(self.trainable, cfg.fsdp, world, device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # after wrap: FSDP swaps them
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                          lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, cfg))
         amp = AMP[cfg.mixed_precision]
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         self.autocast = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
@@ -208,6 +209,13 @@ class Batches(torch.utils.data.Sampler):
         for step in range(self.start, self.steps):
             for micro in range(self.layout.accumulation):
                 yield [(i, s) for _, i, s in micro_batch(step, micro, self.rank, self.layout, self.n, self.seed)]
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """The learning-rate multiplier at a step: linear warm-up over `warmup` steps, constant, then a linear decay to
+    zero over the last `decay` steps (a cheap stand-in for weight averaging: small models sample much cleaner)."""
+    up = min(1.0, (step + 1) / max(cfg.warmup, 1))
+    return up * min(1.0, (cfg.steps - step) / cfg.decay) if cfg.decay else up
 
 
 def resume_from(cfg: TrainConfig, run: Path) -> Path | None:
