@@ -75,8 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--preset", choices=sorted(pipeline.PRESETS), default="default",
                    help="'default': our settings; 'moore': the released inference exactly (linear betas, "
                         "wrap-around windows, uniform blending)")
-    s.add_argument("--steps", type=int, help="DDIM steps (default 25)")
-    s.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 3.5; 1 disables it)")
+    s.add_argument("--steps", type=int, help="DDIM steps (default: the weights' recorded value, else 25)")
+    s.add_argument("--guidance", type=float,
+                   help="classifier-free guidance scale (default: the weights' recorded value, else 3.5; 1: off)")
     s.add_argument("--seed", type=int, default=42, help="random seed of the initial noise")
     s.add_argument("--window", type=int, help="frames per temporal window (default 24)")
     s.add_argument("--overlap", type=int, help="frames shared by neighbouring windows (default 4)")
@@ -182,9 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, VideoError, WeightsError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    recorded = pipeline.with_overrides(pipeline.PRESETS[args.preset](), **sampling)  # the weights' defaults
     settings = pipeline.with_overrides(
-        pipeline.PRESETS[args.preset](), **sampling, steps=args.steps, guidance=args.guidance, window=args.window,
-        overlap=args.overlap, blend=args.blend, shift_windows=args.shift_windows, dtype=dtype)
+        recorded, steps=args.steps, guidance=args.guidance, window=args.window, overlap=args.overlap,
+        blend=args.blend, shift_windows=args.shift_windows, dtype=dtype)
     fps = args.fps or fps or sampling.get("fps", 8)
     if not args.quiet:
         print(f"loaded weights in {time.time() - t0:.1f}s; animating {len(poses)} frames at {width}x{height} on "

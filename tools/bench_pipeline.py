@@ -12,15 +12,20 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
+import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from aa import config, pipeline
-from aa.models import Models
+if __package__ in (None, ""):  # run as `python tools/bench_pipeline.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aa import config, pipeline  # noqa: E402
+from aa.models import Models  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

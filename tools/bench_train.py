@@ -20,12 +20,16 @@ import statistics
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
-from aa.models import Models
-from aa.training.loop import TrainConfig, Trainer
-from aa.training.setup import PRESETS, set_trainable
+if __package__ in (None, ""):  # run as `python tools/bench_train.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aa.models import Models  # noqa: E402
+from aa.training.loop import TrainConfig, Trainer  # noqa: E402
+from aa.training.setup import PRESETS, set_trainable  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

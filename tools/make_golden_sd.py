@@ -53,7 +53,7 @@ def map_prefixes(state: dict[str, torch.Tensor], pairs: list[tuple[str, str]]) -
     """Rename by the longest matching diffusers prefix: pairs are (ldm prefix, diffusers prefix)."""
     out = {}
     for key, t in state.items():
-        ldm, hf = max(((l, h) for l, h in pairs if key.startswith(h)), key=lambda p: len(p[1]), default=("", ""))
+        ldm, hf = max(((lp, h) for lp, h in pairs if key.startswith(h)), key=lambda p: len(p[1]), default=("", ""))
         out[ldm + key[len(hf):]] = t
     return out
 

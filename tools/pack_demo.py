@@ -9,13 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 
-from aa.pose import load_json, save_json
-from aa.weights.files import read_state_dict, save_state_dict
-from aa.weights.native import CONFIG, read_config
+if __package__ in (None, ""):  # run as `python tools/pack_demo.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aa.pose import load_json, save_json  # noqa: E402
+from aa.weights.files import read_state_dict, save_state_dict  # noqa: E402
+from aa.weights.native import CONFIG, read_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,6 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reference-from", type=int, default=None,
                    help="index of the clip whose character is the reference (default: --clip's)")
     p.add_argument("--out", type=Path, required=True, help="the demo folder to write")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="record this guidance scale as the demo's default (chosen on the val split)")
+    p.add_argument("--steps", type=int, default=None, help="record this many DDIM steps as the demo's default")
     args = p.parse_args(argv)
 
     _, _, files = read_config(args.checkpoint)
@@ -38,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
         total += (args.out / f"{name}.safetensors").stat().st_size
     meta = json.loads((args.checkpoint / CONFIG).read_text())
     meta["paths"] = {}
+    meta.setdefault("sampling", {}).update({k: v for k, v in (("guidance", args.guidance), ("steps", args.steps))
+                                            if v is not None})
     (args.out / CONFIG).write_text(json.dumps(meta, indent=2))
 
     entries = json.loads((args.data / f"{args.split}.json").read_text())

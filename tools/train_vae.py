@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -20,11 +21,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from aa import config
-from aa.metrics import psnr
-from aa.vae import AutoencoderKL
-from aa.video import read_video
-from aa.weights.sd import save_native
+if __package__ in (None, ""):  # run as `python tools/train_vae.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aa import config  # noqa: E402
+from aa.metrics import psnr  # noqa: E402
+from aa.vae import AutoencoderKL  # noqa: E402
+from aa.video import read_video  # noqa: E402
+from aa.weights.sd import save_native  # noqa: E402
 
 PRESETS = {"demo": config.demo, "tiny": config.tiny}
 

@@ -126,8 +126,8 @@ def write_dataset(out: str | os.PathLike, width: int = 64, height: int = 64, tra
             (out / f"{split}.json").write_text(json.dumps(manifests[split], indent=1))
     info = dict(width=width, height=height, frames=frames, fps=fps, seed=seed, train_characters=train_characters,
                 val_characters=val_characters, test_characters=test_characters,
-                clips_per_character=clips_per_character, backgrounds=list(backgrounds), train_motions=list(TRAIN_MOTIONS),
-                held_out_motions=list(HELD_OUT_MOTIONS),
+                clips_per_character=clips_per_character, backgrounds=list(backgrounds),
+                train_motions=list(TRAIN_MOTIONS), held_out_motions=list(HELD_OUT_MOTIONS),
                 characters={str(c): asdict(cache[c]) for c in characters})
     (out / "info.json").write_text(json.dumps(info, indent=1))
     return manifests
