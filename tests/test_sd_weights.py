@@ -441,3 +441,14 @@ def test_a_ckpt_that_would_run_code_is_refused_and_the_code_never_runs(tmp_path:
     with pytest.raises(WeightsError, match="refused to unpickle"):
         load_unet(path)
     assert not marker.exists()
+
+
+def test_saved_weights_are_atomic_and_get_the_usual_permissions(tmp_path) -> None:
+    """save_state_dict leaves no temp file and, unlike safetensors' own 0600, honours the umask."""
+    path = tmp_path / "w.safetensors"
+    files_module.save_state_dict({"a": torch.ones(2)}, path)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+    assert torch.equal(load_file(path)["a"], torch.ones(2))

@@ -92,6 +92,12 @@ def _cast(t: Tensor, dtype: torch.dtype | None) -> Tensor:
     return t
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_state_dict(state: StateDict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     """Write tensors as safetensors atomically (temp file, then rename): a crash never leaves a half file."""
     path = Path(path)
@@ -99,6 +105,7 @@ def save_state_dict(state: StateDict, path: str | os.PathLike, metadata: dict[st
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates files 0600; give them the usual permissions
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
