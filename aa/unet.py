@@ -144,6 +144,7 @@ class UNet(nn.Module):
         taken: nothing after it contributes to the features (the ReferenceNet, SPEC 2).
         """
         refs = iter(ref_kv) if ref_kv is not None else itertools.repeat(None)
+        stop = self.last_up_transformer() if features_only else None  # (up level, layer) where features end
         skips = [h]
         for level in self.down_blocks:
             for i in range(len(level.resnets)):
@@ -154,7 +155,7 @@ class UNet(nn.Module):
                 skips.append(h)
         mid = self.mid_block
         h = self._run(mid.resnets[0], h, temb, num_frames)
-        if features_only and self.last_up_transformer() is None:  # the mid block holds the last transformer
+        if features_only and stop is None:  # the mid block holds the last transformer
             features.append(mid.attentions[0].reference_features(h))
             return None
         h, feature = self._run(mid.attentions[0], h, context, next(refs), num_frames)
@@ -166,7 +167,7 @@ class UNet(nn.Module):
         for j, level in enumerate(self.up_blocks):
             for i in range(len(level.resnets)):
                 h = torch.cat([h, skips.pop()], dim=1)
-                if features_only and (j, i) == self.last_up_transformer():
+                if (j, i) == stop:
                     # the last transformer: only its attn1 input is needed
                     features.append(level.attentions[i].reference_features(level.resnets[i](h, temb, num_frames)))
                     return None
