@@ -20,7 +20,8 @@ from aa.training.setup import PRESETS
 
 HELP = {
     "stage": "1: single frames, trains UNet + ReferenceNet + Pose Guider; 2: clips, trains the temporal layers only",
-    "data": "training manifest: a JSON list of {video, keypoints} (ours) or {video_path, kps_path} (released)",
+    "data": "training manifest(s): JSON lists of {video, keypoints} (ours) or {video_path, kps_path} (released); "
+            "several are read as one dataset",
     "out": "run folder: checkpoints/, frozen/, val/, log.jsonl",
     "val_data": "manifest for validation videos (default: the training one)",
     "model": "architecture when not starting from a folder: 'sd15' (SD 1.5 + AnimateDiff v2 layout) or 'tiny'; "
@@ -32,7 +33,8 @@ HELP = {
     "pose_guider_init": "stage 1: ControlNet openpose weights for the Pose Guider (default: Gaussian init, zero "
                         "output layer)",
     "stage1": "stage 2: the stage-1 checkpoint folder to start from",
-    "motion": "stage 2: AnimateDiff motion modules to start the temporal layers from (default: new, zero output)",
+    "motion": "stage 2: motion modules to start the temporal layers from: an AnimateDiff file or a model folder "
+              "with temporal layers, e.g. an earlier stage-2 checkpoint (default: new, zero output)",
     "train_image_encoder": "also train the image encoder (only for small models without a pretrained one)",
     "steps": "optimizer steps in total (a resumed run continues up to this)",
     "batch_size": "videos per process per micro-batch",
@@ -82,7 +84,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         else:
             kind = {"min_snr_gamma": float}.get(f.name, type(default) if default is not None else str)
             p.add_argument(flag, type=kind, default=default, help=HELP[f.name] + f" (default: {default})",
-                           required=f.name == "data", choices=CHOICES.get(f.name))
+                           required=f.name == "data", choices=CHOICES.get(f.name),
+                           nargs="+" if f.name == "data" else None)
     p.add_argument("--export-moore", metavar="DIR", help="after training, also write the released Moore layout here")
     p.add_argument("--export", metavar="DIR", help="after training, write a self-contained model folder here")
     args = p.parse_args(argv)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,15 @@ def read_manifest(path: str | os.PathLike) -> list[Entry]:
         else:
             raise ValueError(f"{path}: entry {i} has neither video+keypoints nor video_path+kps_path: {item}")
     return entries
+
+
+def read_manifests(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Entry]:
+    """One manifest or several (their videos in order, e.g. a dataset and extra training characters)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not paths:
+        raise ValueError("no training manifest given")
+    return [entry for path in paths for entry in read_manifest(path)]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 
 from aa.clip import preprocess
 from aa.data import DataConfig, Entry, PoseVideoDataset, crop_box, crop_pose, crop_resize, frame_indices, \
-    read_manifest
+    read_manifest, read_manifests
 from aa.pipeline import Settings
 from aa.pose import Pose, load_json
 from aa.pose_render import render_pose
@@ -50,6 +50,18 @@ def test_manifest_layouts(synth, tmp_path):
     bad.write_text(json.dumps([{"video": "a.mp4", "keypoints": "a.json"}, {"video": "b.mp4"}]))
     with pytest.raises(ValueError, match="entry 1"):
         read_manifest(bad)
+
+
+def test_several_manifests_read_as_one(synth, tmp_path):
+    """read_manifests: one path as read_manifest; several in order, each relative to its own folder; none refused."""
+    other = tmp_path / "more"
+    other.mkdir()
+    (other / "extra.json").write_text(json.dumps([{"video": "x.mp4", "keypoints": "x.json"}]))
+    assert read_manifests(synth / "train.json") == read_manifest(synth / "train.json")
+    both = read_manifests([synth / "train.json", str(other / "extra.json")])
+    assert both == read_manifest(synth / "train.json") + [Entry(other / "x.mp4", keypoints=other / "x.json")]
+    with pytest.raises(ValueError, match="no training manifest"):
+        read_manifests([])
 
 
 def test_sample_shapes_ranges_and_determinism(synth):

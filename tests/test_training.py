@@ -28,7 +28,7 @@ from aa.training.objective import Objective, Trainable, draw_noise, encode
 from aa.training.sampler import Layout, micro_batch
 from aa.training.setup import build_models, set_trainable, single_token_query_parameters
 from aa.video import read_video
-from aa.weights import load_moore
+from aa.weights import WeightsError, load_moore
 from aa.weights.animate import load_motion_modules
 from aa.weights.clip import load_clip
 from aa.weights.native import export_moore, load_models, save_models
@@ -73,7 +73,10 @@ def flags(cfg: TrainConfig) -> list[str]:
     for name, value in vars(cfg).items():
         if value != getattr(defaults, name):
             flag = "--" + name.replace("_", "-")
-            out += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, str(value)]
+            if isinstance(value, bool):
+                out += [flag] if value else ["--no-" + flag[2:]]
+            else:
+                out += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
     return out
 
 
@@ -277,12 +280,50 @@ def test_stage2_starts_from_animatediff(tmp_path):
     assert all(torch.equal(p.detach(), file[k].float()) for k, p in trained.items())
 
 
+def test_stage2_starts_from_an_earlier_run(tmp_path):
+    """--motion also takes one of our model folders with temporal layers (an earlier stage-2 run, the demo): its
+    modules and recorded heads go into the stage-1 UNet; a folder without temporal layers is refused by name."""
+    tiny = config.tiny()
+    stage1 = Models.build(replace(tiny, unet=replace(tiny.unet, motion=None)))
+    save_models(stage1, tmp_path / "stage1")
+    earlier = Models.build(tiny)
+    for name, p in earlier.unet.named_parameters():  # non-zero, so a fresh zero-initialised module can't pass
+        p.data.normal_()
+    save_models(earlier, tmp_path / "earlier")
+    models, names = build_models(TrainConfig(stage=2, model="sd15", stage1=str(tmp_path / "stage1"),
+                                             motion=str(tmp_path / "earlier")))
+    assert names == ("unet",) and models.unet.cfg.motion == tiny.unet.motion  # not the sd15 preset's heads
+    expected = {k: v for k, v in earlier.unet.state_dict().items() if ".motion_modules." in k}
+    trained = {k: p for k, p in models.unet.named_parameters() if p.requires_grad}
+    assert trained.keys() == expected.keys()
+    assert all(torch.equal(p.detach(), expected[k]) for k, p in trained.items())
+    with pytest.raises(WeightsError, match="no temporal layers"):
+        build_models(TrainConfig(stage=2, model="tiny", stage1=str(tmp_path / "stage1"),
+                                 motion=str(tmp_path / "stage1")))
+
+
+def test_half_precision_folders_train_in_fp32(tmp_path):
+    """--init and --vae from fp16 files (the bundled demo is one) give fp32 networks: AdamW on fp16 weights would
+    lose most of its updates to rounding."""
+    tiny = config.tiny()
+    models = Models.build(replace(tiny, unet=replace(tiny.unet, motion=None)))
+    half = {name: {k: v.half() for k, v in m.state_dict().items()} for name, m in models.modules().items()}
+    save_models(models, tmp_path / "half", states=half)
+    save_file(half["vae"], tmp_path / "vae.safetensors")
+    built, _ = build_models(TrainConfig(init=str(tmp_path / "half"), vae=str(tmp_path / "vae.safetensors")))
+    for name, module in built.modules().items():
+        state = module.state_dict()
+        assert all(v.dtype == torch.float32 for v in state.values()), name
+        assert all(torch.equal(v, half[name][k].float()) for k, v in state.items()), name
+
+
 def test_every_config_field_is_a_flag():
     """TrainConfig's fields map one to one onto train.py's flags, each with help; a negative --min-snr-gamma turns
     the weighting off."""
     assert set(train_script.HELP) == {f.name for f in fields(TrainConfig)}
     cfg = tiny_config(Path("train.json"), Path("run"), stage=2, zero_snr=False, fsdp=True, prediction="eps",
                       noise_offset=0.0, stage1="s1", resume="auto")
+    cfg = replace(cfg, data=["a/train.json", "b/train.json"])  # several manifests
     assert train_script.parse_args(flags(cfg))[0] == cfg
     assert train_script.parse_args(["--data", "x", "--min-snr-gamma", "-1"])[0].min_snr_gamma is None
 

@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import pipeline
-from ..data import DataConfig, PoseVideoDataset, read_manifest
+from ..data import DataConfig, PoseVideoDataset, read_manifests
 from ..models import NAMES, Models
 from ..video import VideoError, video_info
 from .checkpoint import latest_checkpoint, load_train_state, save_checkpoint
@@ -39,7 +39,7 @@ class TrainConfig:
     """Everything a run needs; `train.py` fills it from the command line (see its --help for each field)."""
 
     stage: int = 1
-    data: str = ""
+    data: str | list[str] = ""  # one manifest or several
     out: str = "runs/aa"
     val_data: str | None = None
     model: str = "sd15"
@@ -251,7 +251,7 @@ def train(cfg: TrainConfig) -> Path:
 
     data_cfg = DataConfig(cfg.width, cfg.height, cfg.clip_frames, cfg.stride, cfg.min_ref_distance,
                           clip_size=models.image_encoder.cfg.image_size)
-    dataset = PoseVideoDataset(read_manifest(cfg.data), data_cfg)
+    dataset = PoseVideoDataset(read_manifests(cfg.data), data_cfg)
     layout = Layout(cfg.batch_size, world, cfg.grad_accum)
     loader = torch.utils.data.DataLoader(
         SeededDataset(dataset), batch_sampler=Batches(start, cfg.steps, rank, layout, len(dataset), cfg.seed),
@@ -308,7 +308,7 @@ def validate(models: Models, cfg: TrainConfig, step: int, run: Path, write: bool
     """A validation video with the real pipeline, ground truth | pose | generated, for the first readable validation
     clip (stage 1: up to 8 frames, stage 2: --frames); written to run/val/step_N.mp4."""
     from ..video import write_video
-    entries = read_manifest(cfg.val_data or cfg.data)
+    entries = read_manifests(cfg.val_data or cfg.data)
     frames = cfg.frames
     if cfg.stage == 1:  # the first video's length, up to 8 (the stage-1 UNet has no temporal layers)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from .. import config
@@ -25,7 +26,7 @@ def stage1_models(cfg: TrainConfig) -> Models:
     """Stage 1 networks: a native folder (`init`), or a preset's networks initialised from public weights where given
     (SD UNet for both UNets, VAE, CLIP, ControlNet for the Pose Guider); no temporal layers."""
     if cfg.init:
-        models, _ = load_models(cfg.init)
+        models, _ = load_models(cfg.init, dtype=torch.float32)  # fp32 master weights, whatever the file holds
     else:
         if cfg.model not in PRESETS:
             raise ValueError(f"unknown model preset {cfg.model!r}: expected one of {sorted(PRESETS)}")
@@ -37,9 +38,9 @@ def stage1_models(cfg: TrainConfig) -> Models:
         models.reference_net.load_state_dict({k: v for k, v in state.items() if not k.startswith("conv_")
                                               or k.startswith("conv_in.")})
     if cfg.vae:
-        models.vae = load_vae(cfg.vae, models.vae.cfg)
+        models.vae = load_vae(cfg.vae, models.vae.cfg, dtype=torch.float32)
     if cfg.clip:
-        models.image_encoder = load_clip(cfg.clip)
+        models.image_encoder = load_clip(cfg.clip, dtype=torch.float32)
     if cfg.pose_guider_init:
         models.pose_guider.load_state_dict(controlnet_pose_guider_state(cfg.pose_guider_init))
     models.cfg = replace(models.cfg, unet=models.unet.cfg, vae=models.vae.cfg, clip=models.image_encoder.cfg)
@@ -63,7 +64,7 @@ def build_models(cfg: TrainConfig) -> tuple[Models, tuple[str, ...]]:
     elif cfg.stage == 2:
         if not cfg.stage1:
             raise ValueError("stage 2 starts from a stage-1 checkpoint: pass --stage1 DIR")
-        models, _ = load_models(cfg.stage1)
+        models, _ = load_models(cfg.stage1, dtype=torch.float32)
         # the preset's temporal layers (AnimateDiff files don't store the number of heads: the preset gives it)
         motion = PRESETS.get(cfg.model, config.moore)().unet.motion or config.animatediff("v2")
         if cfg.motion:

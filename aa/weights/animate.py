@@ -24,6 +24,7 @@ from ..temporal import sinusoid_table
 from ..unet import UNet
 from .detect import describe
 from .files import WEIGHTS_README, StateDict, WeightsError, read_state_dict
+from .native import CONFIG, read_config
 from .sd import as_dtype
 from .strict import check_keys, rebuild_buffers
 
@@ -110,6 +111,24 @@ def motion_modules_from_state(state: StateDict, source: str, cfg: UNetConfig | N
     return state, motion, fmt
 
 
+def is_native_folder(path: Path) -> bool:
+    """An aa model folder (config.json beside our network files), not a diffusers MotionAdapter folder."""
+    return (path / CONFIG).is_file() and not any((path / name).is_file() for name in ADAPTER_FILES)
+
+
+def native_motion_modules(folder: Path, cfg: UNetConfig, dtype: torch.dtype | None = None
+                          ) -> tuple[StateDict, MotionConfig]:
+    """The temporal layers of an aa model folder's UNet, checked strictly against the UNet `cfg` describes."""
+    model_cfg, _, files = read_config(folder)
+    motion = model_cfg.unet.motion
+    if motion is None:
+        raise WeightsError(f"{folder}: its UNet has no temporal layers (a stage-1 checkpoint?); pass a stage-2 "
+                           f"checkpoint or an AnimateDiff file")
+    state = read_state_dict(files["unet"], keep=lambda k: ".motion_modules." in k, dtype=dtype)
+    check_keys(motion_shapes(replace(cfg, motion=motion)), state, str(files["unet"]), "aa native motion modules")
+    return state, motion
+
+
 def motion_shapes(cfg: UNetConfig) -> dict[str, torch.Size]:
     """Names and shapes of the motion-module tensors of the UNet `cfg` describes (built on the meta device)."""
     with torch.device("meta"):
@@ -143,13 +162,17 @@ def _read(path: Path, dtype: torch.dtype | None) -> tuple[StateDict, Path, dict]
 
 def load_motion_modules(path: str | os.PathLike, cfg: UNetConfig | None = None, *, num_heads: int | None = None,
                         dtype: torch.dtype | str | None = None) -> tuple[StateDict, MotionConfig]:
-    """Motion modules from an AnimateDiff/Moore file or a diffusers MotionAdapter folder: (our state, config).
+    """Motion modules from an AnimateDiff/Moore file, a diffusers MotionAdapter folder, or the UNet of one of our
+    model folders (an earlier stage-2 run, the bundled demo; its recorded config, heads included, is used):
+    (our state, config).
 
     The state has our key names (`down_blocks.0.motion_modules.0.temporal_transformer...`), no positional tables,
     and was checked strictly against the UNet `cfg` describes (SD 1.5 by default). The config is the detected
     version's. Heads, which AnimateDiff files don't store: `num_heads`, else a diffusers config.json's, else
     `cfg.motion`'s, else 8 (every released file). `insert_motion_modules` puts them into a UNet.
     """
+    if is_native_folder(Path(path)):
+        return native_motion_modules(Path(path), cfg or UNetConfig(), as_dtype(dtype))
     state, file, meta = _read(Path(path), as_dtype(dtype))
     heads = num_heads or meta.get("motion_num_attention_heads")
     if isinstance(heads, (list, tuple)):
