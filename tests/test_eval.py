@@ -107,6 +107,22 @@ def test_recorded_settings_pass_through_and_unknown_ones_fail() -> None:
         evaluation.model_settings({"not_a_setting": 1}, None, None, None, Path("ckpt"))
 
 
+def test_half_precision_checkpoints_run_on_the_cpu(bench: dict[str, Path], tmp_path: Path) -> None:
+    """An fp16 folder (as tools/pack_demo.py writes the bundled demo) is evaluated in fp32 on the CPU, with the
+    same result as the fp32 folder rounded to fp16."""
+    models = Models.build(tiny())
+    half = {name: {k: v.half() for k, v in m.state_dict().items()} for name, m in models.modules().items()}
+    sampling = {"prediction": "v", "zero_snr": True, "width": SIZE, "height": SIZE}
+    save_models(models, tmp_path / "half", sampling=sampling, states=half)
+    for name, m in models.modules().items():
+        m.load_state_dict({k: v.float() for k, v in half[name].items()})
+    save_models(models, tmp_path / "rounded", sampling=sampling)
+    clip = evaluation.read_split(bench["data"], "test_chars")[0]
+    outputs = [evaluation.model_method(tmp_path / name, 1, 1.0, None, "cpu")[0](clip.reference, clip.poses, 0)
+               for name in ("half", "rounded")]
+    assert outputs[0].shape == clip.truth.shape and np.array_equal(*outputs)
+
+
 def test_method_flag_needs_name_and_spec() -> None:
     """--method takes NAME=SPEC; a bare path is rejected with a usage error."""
     with pytest.raises(SystemExit):

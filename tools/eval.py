@@ -112,7 +112,9 @@ def model_settings(recorded: dict, steps: int | None, guidance: float | None, wi
 def model_method(folder: Path, steps: int | None, guidance: float | None, window: int | None,
                  device: str) -> tuple[Method, dict]:
     """A native checkpoint as a method, and the settings it samples with (JSON-ready, with what it recorded)."""
-    models, recorded = load_models(folder, device=device)
+    # fp32 on the CPU whatever the file holds (the bundled demo is fp16, which CPU convolutions don't take)
+    models, recorded = load_models(folder, dtype=torch.float32 if torch.device(device).type == "cpu" else None,
+                                   device=device)
     base = model_settings(recorded, steps, guidance, window, folder)
 
     def run(reference: np.ndarray, poses: np.ndarray, seed: int) -> np.ndarray:
