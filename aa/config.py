@@ -121,10 +121,11 @@ def paper_pose_guider(latent_channels: int = 4) -> PoseGuiderConfig:
 
 
 def demo() -> ModelConfig:
-    """The bundled demo model (issue 7): the full architecture at a width that trains on a 2-core CPU (about 2.5
-    hours for the README's recipe), for 96x96 synthetic characters. Deviation from SD: a 3-level VAE (4x smaller
-    latents, 8 channels), which a short CPU run trains to a sharp reconstruction where the 8x one stays blurry, and
-    a 4-level UNet whose full-resolution level has no attention, so a step costs about what 12x12 latents would."""
+    """The bundled demo model (issue 7): the full architecture at a width that trains on a 2-core CPU (two rounds,
+    about 2.5 + 1.7 hours for the README's recipe), for 96x96 synthetic characters. Deviation from SD: a 3-level VAE
+    (4x smaller latents, 8 channels), which a short CPU run trains to a sharp reconstruction where the 8x one stays
+    blurry, and a 4-level UNet whose full-resolution level has no attention, so a step costs about what 12x12
+    latents would."""
     return ModelConfig(
         unet=UNetConfig(in_channels=8, out_channels=8, block_out_channels=(32, 64, 96, 128),
                         attention_levels=(False, True, True, False), layers_per_block=1, num_heads=4,
