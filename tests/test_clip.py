@@ -197,6 +197,23 @@ def test_matches_transformers_clip_vision_model_with_projection():
     assert context.shape == (3, 1, TINY.projection_dim) and torch.equal(context[:, 0], embeds)
 
 
+def test_layer_norm_eps_matches_transformers():
+    """With the residual stream scaled to ~3e-3 (embeddings, pre_layrnorm and each branch's output layer scaled,
+    tokens of variance ~1e-5), the encoder still matches transformers: eps 1e-5 in pre_layrnorm, layer_norm1,
+    layer_norm2 and post_layernorm (1e-6 in any one moves transformers' outputs by > 0.2 here)."""
+    model = load_clip(GOLDEN / "image_encoder")
+    golden = load_file(GOLDEN / "numerics.safetensors")
+    state = model.state_dict()
+    replaced = {k: v for k, v in golden.items() if k in state}
+    assert len(replaced) == 4 + 4 * TINY.layers, sorted(replaced)
+    model.load_state_dict({**state, **replaced})
+    with torch.no_grad():
+        hidden, _ = model.vision_model(golden["pixel_values"])
+        embeds = model(golden["pixel_values"])
+    torch.testing.assert_close(hidden, golden["last_hidden_state"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(embeds, golden["image_embeds"], atol=1e-4, rtol=0)
+
+
 # preprocessing
 
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from aa.config import tiny
 from aa.models import Models
 from aa.video import read_video
-from aa.weights.native import save_models
+from aa.weights.native import load_models, save_models
 from tools import eval as evaluation
 from tools.synthetic import write_dataset
 
@@ -108,8 +109,11 @@ def test_recorded_settings_pass_through_and_unknown_ones_fail() -> None:
 
 
 def test_half_precision_checkpoints_run_on_the_cpu(bench: dict[str, Path], tmp_path: Path) -> None:
-    """An fp16 folder (as tools/pack_demo.py writes the bundled demo) is evaluated in fp32 on the CPU, with the
-    same result as the fp32 folder rounded to fp16."""
+    """An fp16 folder (as tools/pack_demo.py writes the bundled demo) is evaluated in fp32 on the CPU: loaded the
+    way tools/eval.py loads it, every parameter is fp32 and bit-equal to the fp32 folder rounded to fp16, and the
+    two folders' frames agree. Frames are compared within 1 grey level on at most 1% of the values, not exactly:
+    the same fp32 computation on differently allocated tensors may sum in another order on the CPU (thread split,
+    SIMD alignment), which moves a value across a rounding boundary now and then."""
     models = Models.build(tiny())
     half = {name: {k: v.half() for k, v in m.state_dict().items()} for name, m in models.modules().items()}
     sampling = {"prediction": "v", "zero_snr": True, "width": SIZE, "height": SIZE}
@@ -117,10 +121,20 @@ def test_half_precision_checkpoints_run_on_the_cpu(bench: dict[str, Path], tmp_p
     for name, m in models.modules().items():
         m.load_state_dict({k: v.float() for k, v in half[name].items()})
     save_models(models, tmp_path / "rounded", sampling=sampling)
+
+    loaded = [load_models(tmp_path / name, dtype=torch.float32)[0].modules() for name in ("half", "rounded")]
+    assert loaded[0].keys() == loaded[1].keys()
+    for name in loaded[0]:
+        a, b = loaded[0][name].state_dict(), loaded[1][name].state_dict()
+        assert a.keys() == b.keys() and all(v.dtype == torch.float32 for v in [*a.values(), *b.values()])
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
     clip = evaluation.read_split(bench["data"], "test_chars")[0]
     outputs = [evaluation.model_method(tmp_path / name, 1, 1.0, None, "cpu")[0](clip.reference, clip.poses, 0)
                for name in ("half", "rounded")]
-    assert outputs[0].shape == clip.truth.shape and np.array_equal(*outputs)
+    assert outputs[0].shape == clip.truth.shape and outputs[0].dtype == np.uint8
+    diff = np.abs(outputs[0].astype(int) - outputs[1].astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() <= 0.01, (diff.max(), (diff > 0).mean())
 
 
 def test_method_flag_needs_name_and_spec() -> None:

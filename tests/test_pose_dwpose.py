@@ -5,7 +5,9 @@ The stand-ins have the real files' signature: `yolox_l.onnx` maps input (1, 3, 6
 detector returns fixed raw predictions encoding known boxes; the pose model's SimCC vectors are the crop's column
 and row mean intensities, so every keypoint lands on the brightest column and row of the crop: a white cross drawn
 in the frame must come back at the cross's centre, through letterbox, detection decoding, crop warp,
-normalisation, SimCC decoding and the map back to the frame.
+normalisation, SimCC decoding and the map back to the frame. A second pose stand-in ignores the image and gives
+each of the 133 keypoints its own SimCC peak and peak height, so the score of every output point names the
+COCO-WholeBody keypoint it came from: the layout mapping is checked against the documented orders below.
 """
 from __future__ import annotations
 
@@ -30,6 +32,24 @@ FRAME_W, FRAME_H = 480, 360
 CROSS = (200, 150)  # centre of the white cross in the test frame
 PERSON = (120.0, 40.0, 300.0, 330.0)  # the box the stand-in detector reports, x1 y1 x2 y2 in frame pixels
 RATIO = min(640 / FRAME_H, 640 / FRAME_W)  # letterbox scale of a 480x360 frame
+
+# The 133 COCO-WholeBody keypoints: 17 body points in COCO order, 6 foot, 68 face, 21 left hand, 21 right hand
+# (jin-s13/COCO-WholeBody data_format.md; ids in mmpose configs/_base_/datasets/coco_wholebody.py: face-0..67 are
+# 23..90, left_hand_root is 91, right_hand_root 112).
+COCO_BODY = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+             "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+             "right_knee", "left_ankle", "right_ankle")
+FEET, FACE_POINTS, HAND_POINTS = 6, 68, 21
+FACE_START = len(COCO_BODY) + FEET
+LEFT_HAND_START = FACE_START + FACE_POINTS
+RIGHT_HAND_START = LEFT_HAND_START + HAND_POINTS
+# OpenPose's 18 body points. DWPose (IDEA-Research/DWPose ControlNet-v1-1-nightly/annotator/dwpose/wholebody.py)
+# inserts the neck as the mean of COCO 5 and 6 (the shoulders), present when both score above 0.3, and reorders
+# to this layout (also mmpose configs/_base_/datasets/coco_wholebody_openpose.py); its annotator/dwpose/__init__.py
+# then reads the face and the hands, left first, from the 68 + 21 + 21 points after the feet.
+OPENPOSE_BODY = ("nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
+                 "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
+                 "right_eye", "left_eye", "right_ear", "left_ear")
 
 
 def _save(graph, path: Path) -> None:
@@ -94,6 +114,38 @@ def build_pose_model(path: Path) -> None:
                              helper.make_tensor_value_info("simcc_y", TensorProto.FLOAT, [1, 133, 768])]), path)
 
 
+def labelled_score(k: np.ndarray | int) -> np.ndarray | float:
+    """The SimCC peak height, hence the score, that the labelled stand-in gives COCO-WholeBody keypoint k."""
+    return 0.35 + 0.004 * np.asarray(k)
+
+
+def keypoint_of(score: np.ndarray) -> np.ndarray:
+    """Which COCO-WholeBody keypoint an output point came from, read back from its score."""
+    return np.rint((np.asarray(score, np.float64) - 0.35) / 0.004).astype(int)
+
+
+def labelled_peaks() -> tuple[np.ndarray, np.ndarray]:
+    """SimCC bins of keypoint k's peak along x and y: distinct for every keypoint, inside the 576 and 768 bins."""
+    k = np.arange(133)
+    return 10 + 4 * k, 700 - 5 * k
+
+
+def build_labelled_pose_model(path: Path) -> None:
+    """Stand-in dw-ll_ucoco_384.onnx that ignores the crop: keypoint k's simcc_x and simcc_y are 0 except a peak
+    of height labelled_score(k) at bins labelled_peaks()[k] (plus 0 x the input's mean)."""
+    bx, by = labelled_peaks()
+    sx, sy = np.zeros((1, 133, 576), np.float32), np.zeros((1, 133, 768), np.float32)
+    sx[0, np.arange(133), bx] = sy[0, np.arange(133), by] = labelled_score(np.arange(133))
+    nodes = [helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=0), _const("zero", np.float32(0)),
+             helper.make_node("Mul", ["mean", "zero"], ["nothing"]), _const("sx", sx), _const("sy", sy),
+             helper.make_node("Add", ["sx", "nothing"], ["simcc_x"]),
+             helper.make_node("Add", ["sy", "nothing"], ["simcc_y"])]
+    _save(helper.make_graph(nodes, "labelled_dwpose",
+                            [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 384, 288])],
+                            [helper.make_tensor_value_info("simcc_x", TensorProto.FLOAT, [1, 133, 576]),
+                             helper.make_tensor_value_info("simcc_y", TensorProto.FLOAT, [1, 133, 768])]), path)
+
+
 def cross_frame() -> np.ndarray:
     """Black 480x360 frame with a 3 px white cross centred at CROSS."""
     frame = np.zeros((FRAME_H, FRAME_W, 3), np.uint8)
@@ -150,6 +202,33 @@ def test_dwpose_end_to_end(weights: Path) -> None:
     for part in (pose.body, pose.left_hand, pose.right_hand, pose.face):
         assert (part[:, 2] == 1).all()
         assert np.abs(part[:, :2] - CROSS).max() <= 2.0, part[:, :2]
+
+
+def test_wholebody_keypoints_land_in_the_documented_openpose_slots(tmp_path: Path) -> None:
+    """With a pose model whose every keypoint has its own peak and score, each output point comes from the
+    COCO-WholeBody keypoint the documented layouts name: body by name (OpenPose right shoulder <- COCO
+    right_shoulder, ...), face <- the 68 points after the feet, left hand <- the next 21, right hand <- the last
+    21; the neck is the midpoint of the two shoulders with confidence 1; the feet are not used. Every point's
+    position is its own keypoint's peak mapped through one and the same crop-to-frame map."""
+    build_detector(tmp_path / DETECTOR_FILE, [raw_detection(PERSON, 0.95)])
+    build_labelled_pose_model(tmp_path / POSE_FILE)
+    pose = extract_poses([cross_frame()], backend="dwpose", weights_dir=tmp_path)[0]
+
+    neck = OPENPOSE_BODY.index("neck")
+    expected_body = [COCO_BODY.index(name) for name in OPENPOSE_BODY if name != "neck"]
+    assert keypoint_of(np.delete(pose.body[:, 2], neck)).tolist() == expected_body
+    assert keypoint_of(pose.face[:, 2]).tolist() == list(range(FACE_START, FACE_START + FACE_POINTS))
+    assert keypoint_of(pose.left_hand[:, 2]).tolist() == list(range(LEFT_HAND_START, LEFT_HAND_START + HAND_POINTS))
+    assert keypoint_of(pose.right_hand[:, 2]).tolist() == list(range(RIGHT_HAND_START, 133))
+
+    shoulders = pose.body[[OPENPOSE_BODY.index("right_shoulder"), OPENPOSE_BODY.index("left_shoulder")]]
+    np.testing.assert_allclose(pose.body[neck], [*shoulders[:, :2].mean(0), 1.0], atol=1e-4)
+
+    points = np.concatenate([np.delete(pose.body, neck, 0), pose.face, pose.left_hand, pose.right_hand])
+    bins = np.stack(labelled_peaks(), 1)[keypoint_of(points[:, 2])]  # (n, 2) peak bins of each point's source
+    for axis in (0, 1):
+        slope, offset = np.polyfit(bins[:, axis], points[:, axis], 1)
+        assert slope > 0 and np.abs(slope * bins[:, axis] + offset - points[:, axis]).max() < 1e-3
 
 
 def test_dwpose_without_detection_reads_whole_frame(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from aa.pose_extract import extract_poses
-from aa.pose_extract.holistic import BODY_FROM_BLAZEPOSE, FACE68_FROM_MESH, landmarks_to_pose
+from aa.pose_extract.holistic import FACE68_FROM_MESH, landmarks_to_pose
 
 
 def landmark_list(points: np.ndarray, visibility: np.ndarray | None = None) -> SimpleNamespace:
@@ -18,28 +18,56 @@ def landmark_list(points: np.ndarray, visibility: np.ndarray | None = None) -> S
     return SimpleNamespace(landmark=[SimpleNamespace(x=x, y=y, visibility=v) for (x, y), v in zip(points, vis)])
 
 
+# MediaPipe's 33 pose landmarks in index order (MediaPipe docs/solutions/pose.md, "Pose Landmark Model", and the
+# Pose Landmarker task page on ai.google.dev, which list the same 33 names by index: 0 nose,
+# 1-3 left eye inner/centre/outer, 4-6 right eye, 7/8 ears, 9/10 mouth, 11/12 shoulders, 13/14 elbows, 15/16
+# wrists, 17-22 pinky/index/thumb, 23/24 hips, 25/26 knees, 27/28 ankles, 29/30 heels, 31/32 foot index; left
+# before right, the subject's left).
+BLAZEPOSE = ("nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
+             "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder",
+             "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_pinky", "right_pinky",
+             "left_index", "right_index", "left_thumb", "right_thumb", "left_hip", "right_hip", "left_knee",
+             "right_knee", "left_ankle", "right_ankle", "left_heel", "right_heel", "left_foot_index",
+             "right_foot_index")
+# OpenPose's 18 body points (the COCO-18 layout of the rendered pose images; the neck is not a MediaPipe landmark).
+OPENPOSE_BODY = ("nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
+                 "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
+                 "right_eye", "left_eye", "right_ear", "left_ear")
+
+
 def test_landmark_mapping() -> None:
-    """BlazePose's 33 points map to OpenPose-18 by name (OpenPose right shoulder <- BlazePose 12, ...), the neck
-    is the shoulders' midpoint with the smaller visibility, coordinates scale to pixels, hands keep their order
-    with confidence 1, the face takes the 68 table entries, and absent parts stay missing."""
+    """Every OpenPose-18 body point takes the MediaPipe landmark of the same name (by the documented index order),
+    with its visibility as confidence; the neck is the shoulders' midpoint with the smaller visibility;
+    coordinates scale to pixels; each hand keeps MediaPipe's order with confidence 1 and goes to the same side;
+    the face takes the 68 table entries; invisible and absent parts stay missing."""
     rng = np.random.default_rng(0)
     body = rng.uniform(0, 1, (33, 2))
     vis = rng.uniform(0.5, 1, 33)
-    vis[27] = 0.0  # BlazePose left ankle: not visible -> missing
+    vis[BLAZEPOSE.index("left_ankle")] = 0.0  # not visible -> missing
     mesh = rng.uniform(0, 1, (468, 2))
-    hand = rng.uniform(0, 1, (21, 2))
+    left, right = rng.uniform(0, 1, (21, 2)), rng.uniform(0, 1, (21, 2))
     result = SimpleNamespace(pose_landmarks=landmark_list(body, vis), face_landmarks=landmark_list(mesh),
-                             left_hand_landmarks=landmark_list(hand), right_hand_landmarks=None)
+                             left_hand_landmarks=landmark_list(left), right_hand_landmarks=landmark_list(right))
     pose = landmarks_to_pose(result, 200, 100)
     scale = np.array([200, 100])
-    np.testing.assert_allclose(pose.body[2, :2], body[12] * scale, rtol=1e-6)  # right shoulder
-    np.testing.assert_allclose(pose.body[15, :2], body[2] * scale, rtol=1e-6)  # left eye
-    np.testing.assert_allclose(pose.body[1], [*(body[11] + body[12]) / 2 * scale, min(vis[11], vis[12])], rtol=1e-6)
-    assert (pose.body[13] == 0).all(), "invisible point is missing"
-    np.testing.assert_allclose(pose.left_hand[:, :2], hand * scale, rtol=1e-6)
-    assert (pose.left_hand[:, 2] == 1).all() and not pose.right_hand.any()
+    for i, name in enumerate(OPENPOSE_BODY):
+        if name == "neck":
+            shoulders = [BLAZEPOSE.index("left_shoulder"), BLAZEPOSE.index("right_shoulder")]
+            expected = [*body[shoulders].mean(0) * scale, vis[shoulders].min()]
+        elif name == "left_ankle":
+            expected = [0, 0, 0]
+        else:
+            j = BLAZEPOSE.index(name)
+            expected = [*body[j] * scale, vis[j]]
+        np.testing.assert_allclose(pose.body[i], expected, rtol=1e-6, err_msg=f"OpenPose {name}")
+    for hand, landmarks in ((pose.left_hand, left), (pose.right_hand, right)):
+        np.testing.assert_allclose(hand[:, :2], landmarks * scale, rtol=1e-6)
+        assert (hand[:, 2] == 1).all()
     np.testing.assert_allclose(pose.face[:, :2], mesh[list(FACE68_FROM_MESH)] * scale, rtol=1e-6)
-    assert len(BODY_FROM_BLAZEPOSE) == 18 and len(FACE68_FROM_MESH) == len(set(FACE68_FROM_MESH)) == 68
+    assert len(FACE68_FROM_MESH) == len(set(FACE68_FROM_MESH)) == 68
+    one_hand = landmarks_to_pose(SimpleNamespace(pose_landmarks=None, face_landmarks=None, left_hand_landmarks=None,
+                                                 right_hand_landmarks=landmark_list(right)), 200, 100)
+    assert not one_hand.left_hand.any() and one_hand.right_hand.any()
     empty = landmarks_to_pose(SimpleNamespace(pose_landmarks=None, face_landmarks=None, left_hand_landmarks=None,
                                               right_hand_landmarks=None), 200, 100)
     assert not any(a.any() for a in (empty.body, empty.left_hand, empty.right_hand, empty.face))

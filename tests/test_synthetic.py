@@ -2,7 +2,6 @@
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -115,19 +114,25 @@ def test_splits_hold_out_characters_and_motions():
 
 def test_cli_writes_readable_videos_with_matching_keypoints(tmp_path):
     """`python -m tools.synthetic` writes manifests whose videos decode to as many frames as their keypoints,
-    plus a reference PNG and keypoints per character."""
-    start = time.time()
+    plus a reference PNG and keypoints per character; and it does exactly the work asked: the clips plan_splits
+    plans for the given counts, each of the given size and length, the characters they use, no other video."""
     subprocess.run([sys.executable, "-m", "tools.synthetic", "--out", str(tmp_path), *TINY], cwd=ROOT, check=True)
-    assert time.time() - start < 20
+    plan = plan_splits(train_characters=2, val_characters=1, test_characters=1, clips_per_character=1)
+    listed = []
     for split in ("train", "val", "test_chars", "test_motions"):
         entries = json.loads((tmp_path / f"{split}.json").read_text())
-        assert entries
+        assert entries and [e["video"] for e in entries] == [f"{split}/{c.name}.mp4" for c in plan[split]]
+        listed += [e["video"] for e in entries]
         for e in entries:
             poses = load_json(tmp_path / e["keypoints"])
             frames = read_video(tmp_path / e["video"])
             assert frames.shape == (6, 64, 64, 3) and len(poses) == 6 == video_info(tmp_path / e["video"]).frames
             assert (tmp_path / e["reference"]).is_file()
             assert (tmp_path / "characters" / f"{e['character']:04d}.json").is_file()
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.mp4")) == sorted(listed)
+    used = {c.character for clips in plan.values() for c in clips}
+    assert sorted(p.name for p in (tmp_path / "characters").iterdir()) == sorted(
+        f"{c:04d}.{ext}" for c in used for ext in ("png", "json"))
 
 
 def test_dataset_bytes_are_deterministic(tmp_path):

@@ -62,6 +62,18 @@ def test_windows_longer_than_the_table_match_the_original_with_a_longer_table(go
     torch.testing.assert_close(y, io[f"{prefix}.y_long"], atol=1e-4, rtol=0)
 
 
+def test_group_norm_eps_matches_the_original_on_near_constant_groups(golden):
+    """An input whose every other GroupNorm group is scaled by 1e-3 (group variance ~1e-6, the size of eps) gives
+    the original module's output within 1e-4: eps 1e-6, as the original's GroupNorm has (1e-5 moves it by ~1.8)."""
+    unet = golden[0]
+    prefix = "down_blocks.0.motion_modules.0"
+    with safe_open(str(GOLDEN / "numerics.safetensors"), framework="pt") as f:
+        io, frames = {k: f.get_tensor(k) for k in f.keys()}, int(f.metadata()["frames"])
+    with torch.no_grad():
+        y = module_at(unet, prefix)(io[f"{prefix}.x_small"], frames)
+    torch.testing.assert_close(y, io[f"{prefix}.y_small"], atol=1e-4, rtol=0)
+
+
 def test_sinusoid_is_the_formula():
     """pe[p, 2i] = sin(p / 10000^(2i/C)), pe[p, 2i+1] = cos(p / 10000^(2i/C)), written out element by element."""
     length, dim = 24, 10

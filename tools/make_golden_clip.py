@@ -1,12 +1,20 @@
 """Generate the CLIP golden fixtures under tests/data/golden_clip/ from transformers (run in the reference env).
 
-    /work/refenv/bin/python tools/make_golden_clip.py [--torchvision-src DIR]
+    OMP_NUM_THREADS=1 /tmp/refenv/bin/python tools/make_golden_clip.py [--torchvision-src DIR]
+
+The reference env: a venv with torch==2.13.0 (CPU), diffusers==0.42.0 and transformers==5.23.0 (the version the
+stored config.json names), made as /tmp/refenv for the last run (see tools/make_golden_sd.py).
 
 Writes:
 - image_encoder/{config.json,model.safetensors}: a tiny `CLIPVisionModelWithProjection` (tiny().clip sizes) with
   random weights, saved by `save_pretrained`, i.e. in the public format `load_clip` reads.
 - model_io.safetensors: random pixel values and the reference's `image_embeds` and `last_hidden_state` (eager
   attention, fp32).
+- numerics.safetensors: the same model with the position and class embeddings, pre_layrnorm and every residual
+  branch's output layer (out_proj, fc2) scaled by SMALL, run on the first image scaled by SMALL (the patch conv has
+  no bias): every LayerNorm then normalises tokens of variance ~1e-5, where its eps (1e-5) counts. Stores the
+  replaced parameters, the input, the outputs, and in the metadata how far eps 1e-6 in each LayerNorm kind moves
+  them (the random-weight run above moves by < 1e-4 under such a change).
 - preprocess.safetensors: a non-square uint8 test image and two references at size 64: `CLIPImageProcessorPil`
   (PIL resize: what `CLIPImageProcessor` was in transformers 4, which Moore used, and what it falls back to in
   transformers 5 without torchvision), and the sd-image-variations model card's squash recipe: ToTensor(), then
@@ -56,7 +64,7 @@ def randomize(model: torch.nn.Module, gen: torch.Generator) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen))
 
 
-def make_model(out: Path, gen: torch.Generator) -> None:
+def make_model(out: Path, gen: torch.Generator) -> tuple[CLIPVisionModelWithProjection, torch.Tensor]:
     c = tiny().clip
     config = CLIPVisionConfig(hidden_size=c.width, intermediate_size=c.mlp_dim, num_hidden_layers=c.layers,
                               num_attention_heads=c.heads, image_size=c.image_size, patch_size=c.patch_size,
@@ -73,6 +81,43 @@ def make_model(out: Path, gen: torch.Generator) -> None:
                "last_hidden_state": ref.last_hidden_state.contiguous()}, str(out / "model_io.safetensors"),
               metadata={"source": "transformers CLIPVisionModelWithProjection, eager attention",
                         "config": config.to_json_string()})
+    return model, pixel_values
+
+
+SMALL = 0.003
+SCALED = ("embeddings.class_embedding", "embeddings.position_embedding.weight", "pre_layrnorm.weight",
+          "pre_layrnorm.bias", "self_attn.out_proj.weight", "self_attn.out_proj.bias", "mlp.fc2.weight",
+          "mlp.fc2.bias")
+LAYER_NORMS = ("pre_layrnorm", "layer_norm1", "layer_norm2", "post_layernorm")
+
+
+def make_numerics(out: Path, model: CLIPVisionModelWithProjection, pixel_values: torch.Tensor) -> None:
+    """Scale the residual stream down to ~SMALL so every LayerNorm's eps shows; record outputs and sensitivities."""
+    changed = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(SCALED):
+                p.mul_(SMALL)
+                changed[name] = p.detach().clone()
+    pixels = pixel_values[:1] * SMALL
+    moved = {}
+    with torch.no_grad():
+        ref = model(pixel_values=pixels)
+        for kind in LAYER_NORMS:
+            norms = [m for n, m in model.named_modules() if n.endswith(kind)]
+            for m in norms:
+                m.eps = 1e-6
+            again = model(pixel_values=pixels)
+            for m in norms:
+                m.eps = 1e-5
+            moved[f"{kind} eps 1e-5 -> 1e-6"] = max((again[key] - ref[key]).abs().max().item()
+                                                    for key in ("image_embeds", "last_hidden_state"))
+    blind = {k: v for k, v in moved.items() if v < 10 * 1e-4}
+    assert not blind, f"the numerics run would not see: {blind}"
+    print("numerics: max abs change of the outputs under one change each:", moved)
+    save_file({**changed, "pixel_values": pixels.contiguous(), "image_embeds": ref.image_embeds.contiguous(),
+               "last_hidden_state": ref.last_hidden_state.contiguous()}, str(out / "numerics.safetensors"),
+              metadata={"scale": str(SMALL), "moved": json.dumps(moved)})
 
 
 def test_image(gen: torch.Generator, width: int = 157, height: int = 100) -> np.ndarray:
@@ -133,11 +178,12 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(args.seed)
-    make_model(args.out, gen)
+    model, pixel_values = make_model(args.out, gen)
+    make_numerics(args.out, model, pixel_values)
     make_preprocess(args.out, gen, args.torchvision_src)
     for f in sorted(args.out.rglob("*")):
         if f.is_file():
-            print(f"{f.relative_to(ROOT)}  {f.stat().st_size} bytes")
+            print(f"{f}  {f.stat().st_size} bytes")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Generate the motion-module golden fixtures under tests/data/golden_motion/ (run in the reference env).
 
-    /work/refenv/bin/python tools/make_golden_motion.py
+    OMP_NUM_THREADS=1 /tmp/refenv/bin/python tools/make_golden_motion.py
+
+The reference env: a venv with torch==2.13.0 (CPU), diffusers==0.42.0 and transformers==5.23.0, made as /tmp/refenv
+for the last run (see tools/make_golden_sd.py).
 
 The oracle is the ORIGINAL AnimateDiff motion module, transcribed below from guoyww/AnimateDiff
 `animatediff/models/motion_module.py` (VanillaTemporalModule -> TemporalTransformer3DModel ->
@@ -25,15 +28,22 @@ Writes:
   statistics) and the oracle's `y`; for the mid-block module also a 40-frame window (`x_long`, `y_long`), longer
   than the stored table, where the oracle uses a 48-long table (the sinusoid is deterministic; its first 32 rows are
   the stored ones). Metadata: frames, long_frames.
+- numerics.safetensors (fp32): for the 32-channel module an input `x_small` whose every other GroupNorm group is
+  scaled by 1e-3 (group variance ~1e-6, where the norm's eps, 1e-6, counts) and the oracle's `y_small`. Metadata:
+  frames, and how far the oracle's outputs move with eps 1e-5, or with tanh-GELU in its GEGLU (`moved`); random
+  inputs of O(1) hide both.
 The project's tests read these files and never import diffusers.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from diffusers.models.activations import GEGLU
 from diffusers.models.attention import Attention, FeedForward
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from safetensors.torch import save_file
@@ -192,6 +202,30 @@ def video_input(gen: torch.Generator, b: int, f: int, c: int, h: int, w: int) ->
     return torch.randn(b * f, c, h, w, generator=gen) * scale + offset
 
 
+def small_groups(x: torch.Tensor, groups: int, scale: float = 1e-3) -> torch.Tensor:
+    """x with every other channel group of a `groups`-group GroupNorm scaled by `scale` (near-constant groups)."""
+    c = x.shape[1]
+    factor = torch.ones(groups)
+    factor[1::2] = scale
+    return x * factor.repeat_interleave(c // groups)[None, :, None, None]
+
+
+def moved_by(oracle: VanillaTemporalModule, x: torch.Tensor, frames: int) -> dict[str, float]:
+    """Max abs change of the oracle's output on x under eps 1e-5 in its GroupNorm, or tanh-GELU in its GEGLU."""
+    base, moved = oracle(x, frames), {}
+    norm = oracle.temporal_transformer.norm
+    norm.eps = 1e-5
+    moved["GroupNorm eps 1e-6 -> 1e-5"] = (oracle(x, frames) - base).abs().max().item()
+    norm.eps = 1e-6
+    geglus = [m for m in oracle.modules() if isinstance(m, GEGLU)]
+    for m in geglus:
+        m.gelu = lambda g: F.gelu(g, approximate="tanh")
+    moved["GEGLU erf -> tanh GELU"] = (oracle(x, frames) - base).abs().max().item()
+    for m in geglus:
+        del m.gelu  # back to the class's exact GELU
+    return moved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "tests/data/golden_motion", help="output folder")
@@ -239,7 +273,17 @@ def main() -> None:
         x = video_input(gen, 1, long_f, MODULES[prefix], h, w)
         io.update({f"{prefix}.x_long": x, f"{prefix}.y_long": longer(x, long_f)})
 
+        prefix = TESTED[0]
+        x = small_groups(video_input(gen, b, f, MODULES[prefix], h, w), GROUPS)
+        numerics = {f"{prefix}.x_small": x, f"{prefix}.y_small": oracles[prefix](x, f)}
+        moved = moved_by(oracles[prefix], x, f)
+        print(f"{prefix}: with near-constant groups the output moves by {moved}; on plain random inputs by "
+              f"{moved_by(oracles[prefix], io[f'{prefix}.x'], f)}")
+        assert moved["GroupNorm eps 1e-6 -> 1e-5"] > 1e-3, moved
+
     args.out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in numerics.items()}, str(args.out / "numerics.safetensors"),
+              metadata={"frames": str(f), "moved": json.dumps(moved)})
     save_file(file, str(args.out / "mm_tiny_v2.safetensors"))
     save_file({k: v.contiguous() for k, v in io.items()}, str(args.out / "io.safetensors"),
               metadata={"frames": str(f), "long_frames": str(long_f)})

@@ -2,9 +2,16 @@
 
 Builds a tiny random-weight diffusers `UNet2DConditionModel` and `AutoencoderKL` (the layout of `aa.config.tiny()`
 at a narrower width, so the files stay small), writes their weights in the public formats, runs them on fixed
-inputs, and records DDIMScheduler runs. Run from the repository root with the reference environment:
+inputs, and records DDIMScheduler runs. Run from the repository root with the reference environment, a venv with
+torch==2.13.0 (CPU), diffusers==0.42.0 and transformers==5.23.0 (made as /tmp/refenv for the last run):
 
-    /work/refenv/bin/python tools/make_golden_sd.py
+    python -m venv /tmp/refenv && /tmp/refenv/bin/pip install torch==2.13.0 diffusers==0.42.0 transformers==5.23.0
+    OMP_NUM_THREADS=1 /tmp/refenv/bin/python tools/make_golden_sd.py
+
+numerics.safetensors holds a second set of runs on the same models with a few parameters replaced, where the
+GroupNorm eps values and the exact (erf) GELU change the outputs far beyond the tests' tolerance (see
+`numerics_fixture`; the random-weight runs above are blind to them). Re-running rewrites every file; the other
+files then change by float noise only (~3e-6).
 
 The tests read tests/data/golden_sd/ and never import diffusers. The LDM (single-file) names are produced here by
 inverting the original layout, as diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py does,
@@ -14,10 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.models.activations import GEGLU
+from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 from safetensors.torch import save_file
 
@@ -204,6 +217,111 @@ def ddim_runs() -> tuple[dict[str, torch.Tensor], list[dict]]:
     return tensors, cases
 
 
+SMALL = 0.01  # activation scale of the numerics runs: GroupNorm groups of variance ~1e-6..1e-4, eps comparable
+GATE_SHIFT, FF_GAIN = -2.5, 50.0  # GEGLU gates near -2.5: gelu = -0.016 there, and tanh-GELU is off by ~3%
+
+
+def small_activations(model: torch.nn.Module, keep: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Scale conv_in, every GroupNorm affine, every other bias and the time projections by SMALL (fp16-exact):
+    activations stay ~SMALL all the way, so each GroupNorm (but those in `keep`) normalises tiny groups."""
+    modules, changed = dict(model.named_modules()), {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            owner, leaf = name.rsplit(".", 1)
+            if owner.endswith(keep):
+                continue
+            if owner.endswith("conv_in") or isinstance(modules[owner], torch.nn.GroupNorm) or leaf == "bias" \
+                    or owner.endswith("time_emb_proj"):
+                p.copy_((p * SMALL).half().float())
+                changed[name] = p.detach().clone()
+    return changed
+
+
+def negative_gates(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    """Shift every GEGLU gate bias (the second half of `ff.net.0.proj.bias`) by GATE_SHIFT and raise `ff.net.2`
+    by FF_GAIN, so the feed-forward output is made of gelu's small negative tail, where the approximations differ."""
+    changed = {}
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if name.endswith("ff.net.0.proj.bias"):
+                p[p.shape[0] // 2:] += GATE_SHIFT
+            elif name.endswith("ff.net.2.weight"):
+                p.mul_(FF_GAIN)
+            else:
+                continue
+            p.copy_(p.half().float())
+            changed[name] = p.detach().clone()
+    return changed
+
+
+def set_eps(model: torch.nn.Module, kind: type, attr: tuple[str, ...], eps: float) -> None:
+    for module in model.modules():
+        if isinstance(module, kind):
+            for a in attr:
+                getattr(module, a).eps = eps
+
+
+def set_out_eps(parts: tuple[torch.nn.Module, ...], eps: float) -> None:
+    for part in parts:
+        part.conv_norm_out.eps = eps
+
+
+def set_tanh_gelu(model: torch.nn.Module, tanh: bool) -> None:
+    for module in model.modules():
+        if isinstance(module, GEGLU):
+            module.gelu = (lambda g: F.gelu(g, approximate="tanh")) if tanh else (lambda g: F.gelu(g))
+
+
+def sensitivity(run: Callable[[], torch.Tensor], changes: dict[str, tuple[Callable, Callable]]) -> dict[str, float]:
+    """Max abs change of `run()` under each (apply, undo) pair of one-constant changes to the reference."""
+    base, out = run(), {}
+    for what, (apply, undo) in changes.items():
+        apply()
+        out[what] = (run() - base).abs().max().item()
+        undo()
+    return out
+
+
+def numerics_fixture(unet: UNet2DConditionModel, vae: AutoencoderKL, io: dict) -> tuple[dict, dict]:
+    """Replaced parameters (`unet.<name>`, `vae.<name>`, fp16) and the reference's outputs on io's inputs, plus
+    how far each single numerics change moves them (the maker refuses a fixture that would not see one)."""
+    unet_changed = {**small_activations(unet, keep=("conv_norm_out", "conv_out")), **negative_gates(unet)}
+    vae_changed = small_activations(vae, keep=("conv_norm_out", "conv_out", "quant_conv"))
+
+    def run_unet() -> torch.Tensor:
+        return unet(io["unet.sample"], io["unet.timestep"], encoder_hidden_states=io["unet.context"]).sample
+
+    def run_vae() -> dict[str, torch.Tensor]:
+        posterior = vae.encode(io["vae.image"]).latent_dist
+        return {"out.vae_decoded": vae.decode(io["vae.latent"] / SCALING).sample,
+                "out.vae_mean": posterior.mean * SCALING, "out.vae_std": posterior.std}
+
+    tensors = {**{f"unet.{k}": v.half() for k, v in unet_changed.items()},
+               **{f"vae.{k}": v.half() for k, v in vae_changed.items()}}
+    with torch.no_grad():
+        tensors["out.unet"] = run_unet()
+        tensors.update(run_vae())
+        r = ResnetBlock2D
+        moved = sensitivity(run_unet, {
+            "unet resnet eps 1e-5 -> 1e-6": (lambda: set_eps(unet, r, ("norm1", "norm2"), 1e-6),
+                                             lambda: set_eps(unet, r, ("norm1", "norm2"), 1e-5)),
+            "unet Transformer2D eps 1e-6 -> 1e-5": (lambda: set_eps(unet, Transformer2DModel, ("norm",), 1e-5),
+                                                    lambda: set_eps(unet, Transformer2DModel, ("norm",), 1e-6)),
+            "unet conv_norm_out eps 1e-5 -> 1e-6": (lambda: set_out_eps((unet,), 1e-6),
+                                                    lambda: set_out_eps((unet,), 1e-5)),
+            "unet GEGLU erf -> tanh GELU": (lambda: set_tanh_gelu(unet, True), lambda: set_tanh_gelu(unet, False))})
+        moved |= sensitivity(lambda: torch.cat([v.flatten() for v in run_vae().values()]), {
+            "vae attention eps 1e-6 -> 1e-5": (lambda: set_eps(vae, Attention, ("group_norm",), 1e-5),
+                                               lambda: set_eps(vae, Attention, ("group_norm",), 1e-6)),
+            "vae resnet eps 1e-6 -> 1e-5": (lambda: set_eps(vae, r, ("norm1", "norm2"), 1e-5),
+                                            lambda: set_eps(vae, r, ("norm1", "norm2"), 1e-6)),
+            "vae conv_norm_out eps 1e-6 -> 1e-5": (lambda: set_out_eps((vae.encoder, vae.decoder), 1e-5),
+                                                   lambda: set_out_eps((vae.encoder, vae.decoder), 1e-6))})
+    blind = {k: v for k, v in moved.items() if v < 10 * 1e-4}
+    assert not blind, f"the numerics runs would not see: {blind}"
+    return {k: v.contiguous() for k, v in tensors.items()}, moved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="tests/data/golden_sd", help="folder for the fixture files")
@@ -250,6 +368,11 @@ def main() -> None:
         io["vae.mean"] = posterior.mean * SCALING
         io["vae.std"] = posterior.std
     save_file({k: v.contiguous() for k, v in io.items()}, str(out / "io.safetensors"), metadata=config)
+
+    numerics, moved = numerics_fixture(unet, vae, io)  # last: it changes the models' parameters
+    save_file(numerics, str(out / "numerics.safetensors"), metadata={**config, "moved": json.dumps(moved)})
+    print("numerics fixture: max abs change of the reference outputs under one change each:",
+          json.dumps({k: float(f"{v:.2g}") for k, v in moved.items()}, indent=1))
 
     ddim, cases = ddim_runs()
     save_file(ddim, str(out / "ddim.safetensors"), metadata={"cases": json.dumps(cases)})
