@@ -133,14 +133,25 @@ def ddim_step(x_t: Tensor, pred: Tensor, ab_t: float, ab_prev: float, prediction
     return x_prev
 
 
-def min_snr_weight(ab: Tensor, gamma: float, prediction: str) -> Tensor:
-    """Min-SNR-gamma loss weight (Hang et al. 2023): min(SNR, gamma) / SNR for eps, / (SNR + 1) for v.
+SNR_WEIGHTINGS = ("released", "hang")
 
-    SNR = ab / (1 - ab); at SNR 0 (zero-terminal-SNR's last step) the eps weight is its limit, 1.
+
+def min_snr_weight(ab: Tensor, gamma: float, prediction: str, weighting: str = "released") -> Tensor:
+    """Min-SNR-gamma loss weight (Hang et al. 2023) per sample, SNR = ab / (1 - ab).
+
+    eps: min(SNR, gamma) / SNR in both variants (at SNR 0, zero-terminal-SNR's last step, its limit 1).
+    v, 'released': min(SNR + 1, gamma) / (SNR + 1), what Moore-AnimateAnyone trained with (train_stage_1.py and
+    train_stage_2.py add 1 to the SNR before the minimum, as diffusers' train_text_to_image.py): 1 wherever
+    SNR <= gamma - 1, including SNR 0.
+    v, 'hang': min(SNR, gamma) / (SNR + 1), the paper's weight for v: 0 at SNR 0 and small wherever SNR is.
     """
+    if weighting not in SNR_WEIGHTINGS:
+        raise ValueError(f"unknown min-SNR weighting {weighting!r}: expected one of {SNR_WEIGHTINGS}")
     snr = ab / (1 - ab)
     if prediction == "eps":
         return (gamma / snr).clamp(max=1.0)
     if prediction == "v":
+        if weighting == "released":
+            return (snr + 1).clamp(max=gamma) / (snr + 1)
         return snr.clamp(max=gamma) / (snr + 1)
     raise ValueError(f"unknown prediction type {prediction!r}: expected one of {PREDICTIONS}")

@@ -10,6 +10,10 @@ torch tensors: uint8 in [0, 255], or floating point already in [0, 1]. All arith
     temporal_error  mean |(g[t+1] - g[t]) - (r[t+1] - r[t])|: how far the generated motion is from the true one
     flicker         mean |g[t+1] - g[t]| - mean |r[t+1] - r[t]|: change per frame beyond (+) or short of (-) the truth
 
+Region metrics score the character only: `region_psnr` and `region_ssim` crop every frame to a box around the
+character (x0, y0, x1, y1; end-exclusive pixels, one per frame; tools/synthetic writes them), grown by a margin, and
+score the crops with the whole-frame definitions above.
+
 The paper's tables quote DisCo's "PSNR*", which is not this PSNR: DisCo's code (tool/metrics/ssim_l1_lpips_psnr.py)
 squares differences of uint8 arrays, which wrap modulo 256 (Wangt-CN/DisCo#86); our numbers are not comparable.
 """
@@ -129,6 +133,53 @@ def flicker(generated: Video, truth: Video) -> float:
     if g.shape[0] < 2:
         return math.nan
     return (g.diff(dim=0).abs().mean() - r.diff(dim=0).abs().mean()).item()
+
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1: pixels x0 <= x < x1, y0 <= y < y1
+
+
+def grow_box(box: Box, margin: int, width: int, height: int, min_size: int = SSIM_WINDOW) -> Box:
+    """`box` grown by `margin` pixels on every side, clipped to the frame, and widened about its centre (still
+    inside the frame) to at least `min_size` pixels each way so SSIM has a window to run."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ValueError(f"box {box} is empty or outside the {width}x{height} frame")
+    if min(width, height) < min_size:
+        raise ValueError(f"a {width}x{height} frame is smaller than the minimum region {min_size}x{min_size}")
+    x0, y0, x1, y1 = max(x0 - margin, 0), max(y0 - margin, 0), min(x1 + margin, width), min(y1 + margin, height)
+
+    def widen(a: int, b: int, size: int) -> tuple[int, int]:
+        if b - a >= min_size:
+            return a, b
+        a = min(max(a - (min_size - (b - a)) // 2, 0), size - min_size)
+        return a, a + min_size
+
+    (x0, x1), (y0, y1) = widen(x0, x1, width), widen(y0, y1, height)
+    return x0, y0, x1, y1
+
+
+def _regions(generated: Video, truth: Video, boxes: np.ndarray | list, margin: int) -> list[tuple[Tensor, Tensor]]:
+    """Each frame pair cropped to its grown box: [(g (1, h', w', c), r (1, h', w', c)), ...]."""
+    g, r = _pair(generated, truth)
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    if len(boxes) != g.shape[0]:
+        raise ValueError(f"{len(boxes)} boxes for {g.shape[0]} frames")
+    h, w = g.shape[1:3]
+    crops = []
+    for i, box in enumerate(boxes):
+        x0, y0, x1, y1 = grow_box(tuple(box), margin, w, h)
+        crops.append((g[i:i + 1, y0:y1, x0:x1], r[i:i + 1, y0:y1, x0:x1]))
+    return crops
+
+
+def region_psnr(generated: Video, truth: Video, boxes: np.ndarray | list, margin: int = 0) -> float:
+    """Mean over frames of the PSNR inside each frame's box (grown by `margin`; see `grow_box`)."""
+    return torch.cat([psnr_frames(g, r) for g, r in _regions(generated, truth, boxes, margin)]).mean().item()
+
+
+def region_ssim(generated: Video, truth: Video, boxes: np.ndarray | list, margin: int = 0) -> float:
+    """Mean over frames of the SSIM of each frame cropped to its box (grown by `margin`; see `grow_box`)."""
+    return torch.cat([ssim_frames(g, r) for g, r in _regions(generated, truth, boxes, margin)]).mean().item()
 
 
 METRICS = {"psnr": psnr, "ssim": ssim, "l1": l1, "temporal": temporal_error, "flicker": flicker}

@@ -82,9 +82,30 @@ def test_eta_noise_comes_from_the_generator():
 
 
 def test_min_snr_gamma_weights():
-    """eps: min(SNR, g) / SNR (1 where SNR <= g, including SNR 0); v: min(SNR, g) / (SNR + 1)."""
-    ab = torch.tensor([0.0, 0.5, 0.9, 0.999], dtype=torch.float64)  # SNR 0, 1, 9, 999
-    torch.testing.assert_close(ddim.min_snr_weight(ab, 5.0, "eps"),
-                               torch.tensor([1.0, 1.0, 5 / 9, 5 / 999], dtype=torch.float64))
-    torch.testing.assert_close(ddim.min_snr_weight(ab, 5.0, "v"),
-                               torch.tensor([0.0, 0.5, 0.5, 5 / 1000], dtype=torch.float64))
+    """eps: min(SNR, g) / SNR (1 where SNR <= g, including SNR 0) in both variants; v 'released' (Moore's training
+    scripts): min(SNR + 1, g) / (SNR + 1); v 'hang': min(SNR, g) / (SNR + 1). With g = 5 and SNR 0, 1, 4, 9, 999:
+    released 1, 1, 1, 5/10, 5/1000; hang 0, 1/2, 4/5, 5/10, 5/1000 (they agree once SNR >= g)."""
+    ab = torch.tensor([0.0, 0.5, 0.8, 0.9, 0.999], dtype=torch.float64)  # SNR = ab / (1 - ab) = 0, 1, 4, 9, 999
+    for weighting in ddim.SNR_WEIGHTINGS:
+        torch.testing.assert_close(ddim.min_snr_weight(ab, 5.0, "eps", weighting),
+                                   torch.tensor([1.0, 1.0, 1.0, 5 / 9, 5 / 999], dtype=torch.float64))
+    torch.testing.assert_close(ddim.min_snr_weight(ab, 5.0, "v"),  # the default is the released weighting
+                               torch.tensor([1.0, 1.0, 1.0, 0.5, 5 / 1000], dtype=torch.float64))
+    torch.testing.assert_close(ddim.min_snr_weight(ab, 5.0, "v", "hang"),
+                               torch.tensor([0.0, 0.5, 0.8, 0.5, 5 / 1000], dtype=torch.float64))
+    with pytest.raises(ValueError, match="weighting"):
+        ddim.min_snr_weight(ab, 5.0, "v", "paper")
+
+
+def test_min_snr_v_weights_on_the_training_schedule():
+    """On the training schedule (scaled_linear, zero SNR), g = 5, worked by hand from alpha_bar:
+    t = 999: ab = 0, SNR 0 -> released min(1, 5) / 1 = 1, hang 0 / 1 = 0 (the issue-13 bug: no weight at all);
+    t = 500: ab = 0.241019, SNR = ab / (1 - ab) = 0.317556 -> released min(1.3176, 5) / 1.3176 = 1,
+             hang 0.317556 / 1.317556 = ab = 0.241019;
+    t = 100: ab = 0.886761, SNR = 7.830902 -> both 5 / 8.830902 = 0.566193."""
+    ab = ddim.alphas_cumprod("scaled_linear", zero_snr=True)[[999, 500, 100]]
+    torch.testing.assert_close(ab, torch.tensor([0.0, 0.241019, 0.886761], dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(ddim.min_snr_weight(ab, 5.0, "v", "released"),
+                               torch.tensor([1.0, 1.0, 0.566193], dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(ddim.min_snr_weight(ab, 5.0, "v", "hang"),
+                               torch.tensor([0.0, 0.241019, 0.566193], dtype=torch.float64), atol=1e-6, rtol=0)

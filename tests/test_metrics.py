@@ -185,3 +185,58 @@ def test_mismatched_shapes_raise() -> None:
     """Videos of different shapes are an error naming both shapes."""
     with pytest.raises(ValueError, match="differ in shape"):
         metrics.l1(moving_video(frames=3), moving_video(frames=4))
+
+
+def _numpy_ssim(x: np.ndarray, y: np.ndarray, window: int = 11, sigma: float = 1.5) -> float:
+    """SSIM written out independently: loop over every window position fully inside the (h, w, c) float images,
+    gaussian-weighted population statistics per channel (Wang et al. 2004, eq. 13), mean over positions and channels."""
+    r = np.arange(window) - window // 2
+    taps = np.exp(-r ** 2 / (2 * sigma ** 2))
+    weights = np.outer(taps, taps) / np.outer(taps, taps).sum()
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    h, w, c = x.shape
+    values = []
+    for ch in range(c):
+        for i in range(h - window + 1):
+            for j in range(w - window + 1):
+                a, b = x[i:i + window, j:j + window, ch], y[i:i + window, j:j + window, ch]
+                ma, mb = (weights * a).sum(), (weights * b).sum()
+                va, vb = (weights * a * a).sum() - ma ** 2, (weights * b * b).sum() - mb ** 2
+                cov = (weights * a * b).sum() - ma * mb
+                values.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
+    return float(np.mean(values))
+
+
+def test_region_metrics_match_an_independent_computation() -> None:
+    """Region PSNR is 10 log10(1 / MSE) over the pixels of each frame's grown box, and region SSIM the SSIM of the
+    crop, both checked against direct numpy formulas (MSE by hand, SSIM by a loop over window positions) and
+    averaged over frames; pixels outside the boxes don't count."""
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 256, (2, 24, 30, 3), dtype=np.uint8)
+    generated = np.clip(truth.astype(np.int64) + rng.integers(-30, 31, truth.shape), 0, 255).astype(np.uint8)
+    boxes = [(4, 3, 16, 17), (10, 6, 25, 20)]  # grown by 2: (2, 1, 18, 19), (8, 4, 27, 22)
+    grown = [(2, 1, 18, 19), (8, 4, 27, 22)]
+    g, r = generated / 255.0, truth / 255.0
+    crops = [(g[i, y0:y1, x0:x1], r[i, y0:y1, x0:x1]) for i, (x0, y0, x1, y1) in enumerate(grown)]
+    psnr = np.mean([-10 * np.log10(np.mean((a - b) ** 2)) for a, b in crops])
+    ssim = np.mean([_numpy_ssim(a, b) for a, b in crops])
+    assert metrics.region_psnr(generated, truth, boxes, margin=2) == pytest.approx(psnr, rel=1e-12)
+    assert metrics.region_ssim(generated, truth, boxes, margin=2) == pytest.approx(ssim, rel=1e-9)
+    outside = generated.copy()
+    outside[:, :, 28:] = 0  # right of both grown boxes
+    outside[0, 20:] = 255  # below frame 0's grown box
+    assert metrics.region_psnr(outside, truth, boxes, margin=2) == metrics.region_psnr(generated, truth, boxes, 2)
+    assert metrics.region_ssim(outside, truth, boxes, margin=2) == metrics.region_ssim(generated, truth, boxes, 2)
+    assert metrics.psnr(outside, truth) < metrics.psnr(generated, truth)
+
+
+def test_grow_box_clips_to_the_frame_and_keeps_an_ssim_window() -> None:
+    """A box grows by the margin, stops at the frame's edges, and a small one widens about its centre to the SSIM
+    window (11 px), shifted inward at an edge; an empty or outside box is refused."""
+    assert metrics.grow_box((10, 10, 30, 40), 4, 96, 96) == (6, 6, 34, 44)
+    assert metrics.grow_box((0, 2, 30, 96), 4, 32, 96) == (0, 0, 32, 96)
+    assert metrics.grow_box((20, 20, 23, 22), 0, 96, 96) == (16, 16, 27, 27)
+    assert metrics.grow_box((0, 90, 2, 96), 1, 96, 96) == (0, 85, 11, 96)
+    for bad in ((5, 5, 5, 9), (0, 0, 97, 10), (-1, 0, 4, 4)):
+        with pytest.raises(ValueError, match="box"):
+            metrics.grow_box(bad, 0, 96, 96)

@@ -158,8 +158,35 @@ def test_unconditional_videos_see_a_zero_embedding_and_no_reference(data):
         ab = ddim.alphas_cumprod("scaled_linear", True).float()[noise.t]
         x_t = ddim.add_noise(z0, noise.eps, ab)
         pred = models.unet(x_t, noise.t, torch.zeros(1, 1, 16), pose_features=models.pose_guider(batch["pose"][0]))
-        expected = (pred - ddim.v_target(z0, noise.eps, ab)).pow(2).mean() * ddim.min_snr_weight(ab.double(), 5.0, "v")
+        weight = ddim.min_snr_weight(ab.double(), 5.0, "v", "released")  # the default, as Moore trained
+        expected = (pred - ddim.v_target(z0, noise.eps, ab)).pow(2).mean() * weight
     torch.testing.assert_close(loss, expected.float().squeeze(), rtol=1e-5, atol=0)
+
+
+def test_snr_weighting_reaches_the_loss(data):
+    """At t = 999 (SNR 0 under zero SNR) the v loss is the plain MSE under the default 'released' weighting (weight
+    1) and exactly 0 under 'hang' (weight 0: the last step never trains); at t = 100 (SNR 7.8 > gamma) both weigh
+    the same. An unknown weighting is refused."""
+    torch.manual_seed(0)
+    models = stage1_models()
+    batch = batch_of(data, n=1)
+    losses = {}
+    for weighting, gamma in (("released", 5.0), ("hang", 5.0), ("none", None)):
+        obj = Objective("v", "scaled_linear", True, gamma, 0.0, uncond_rate=0.0,
+                        snr_weighting="hang" if weighting == "hang" else "released")
+        for t in (999, 100):
+            noise = replace(draw_noise([5], 1, (4, 4, 4), obj), t=torch.tensor([t]))
+            with torch.no_grad():
+                z0 = encode(models.vae, batch["target"].flatten(0, 1), noise.vae_target)
+                ref = encode(models.vae, batch["reference"], noise.vae_reference)
+                losses[weighting, t] = Trainable(models, obj)(z0, ref, batch["clip"], batch["pose"].flatten(0, 1),
+                                                              noise).item()
+    assert losses["none", 999] > 0 and losses["released", 999] == pytest.approx(losses["none", 999], rel=1e-6)
+    assert losses["hang", 999] == 0.0
+    assert losses["hang", 100] == pytest.approx(losses["released", 100], rel=1e-6)
+    assert losses["released", 100] == pytest.approx(losses["none", 100] * 5 / (1 + 7.830902), rel=1e-5)
+    with pytest.raises(ValueError, match="snr_weighting"):
+        Objective(snr_weighting="paper")
 
 
 def test_objective_options_and_the_no_reference_ablation(data, tmp_path):
@@ -322,7 +349,7 @@ def test_every_config_field_is_a_flag():
     the weighting off."""
     assert set(train_script.HELP) == {f.name for f in fields(TrainConfig)}
     cfg = tiny_config(Path("train.json"), Path("run"), stage=2, zero_snr=False, fsdp=True, prediction="eps",
-                      noise_offset=0.0, stage1="s1", resume="auto")
+                      noise_offset=0.0, stage1="s1", resume="auto", snr_weighting="hang")
     cfg = replace(cfg, data=["a/train.json", "b/train.json"])  # several manifests
     assert train_script.parse_args(flags(cfg))[0] == cfg
     assert train_script.parse_args(["--data", "x", "--min-snr-gamma", "-1"])[0].min_snr_gamma is None

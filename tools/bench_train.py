@@ -10,10 +10,18 @@ gradient scaler, autocast). Every video is conditional (no unconditional dropout
 step time and the peak memory: CUDA max_memory_allocated since the stage's models were built (weights, gradients
 and optimizer state included), or on the CPU the process's peak resident set size (cumulative over stages: run one
 stage per invocation to measure each).
+
+`--profile` splits each step into its phases instead (CPU wall time from module hooks; on CUDA each phase is
+synchronised): data (random tensors, or real samples from `--data` decoded, cropped and pose-rendered as training
+does), VAE encoding, the image encoder, the ReferenceNet, the Pose Guider, the UNet forward, backward, optimizer:
+
+    python tools/bench_train.py --model demo --width 96 --height 96 --batch-size 8 --stages 1 --threads 1 \
+        --train-image-encoder --data data/synth96p/train.json --profile
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
 import resource
 import statistics
@@ -27,8 +35,9 @@ import torch
 if __package__ in (None, ""):  # run as `python tools/bench_train.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aa.data import DataConfig, PoseVideoDataset, read_manifests  # noqa: E402
 from aa.models import Models  # noqa: E402
-from aa.training.loop import TrainConfig, Trainer  # noqa: E402
+from aa.training.loop import TrainConfig, Trainer, collate  # noqa: E402
 from aa.training.setup import PRESETS, set_trainable  # noqa: E402
 
 
@@ -50,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="autocast precision ('fp16' needs CUDA)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--train-image-encoder", action="store_true", help="stage 1: train the image encoder too "
+                                                                       "(as the demo does)")
+    p.add_argument("--profile", action="store_true", help="print the time of each phase of a step (see above)")
+    p.add_argument("--data", nargs="+", help="with --profile: load batches from these manifests (real decoding, "
+                                             "cropping and pose rendering) instead of random tensors")
     return p.parse_args(argv)
 
 
@@ -73,7 +87,8 @@ def synthetic_batch(cfg: TrainConfig, clip_size: int, step: int) -> tuple[list[i
 def bench_stage(args: argparse.Namespace, stage: int, device: torch.device) -> None:
     cfg = TrainConfig(stage=stage, model=args.model, width=args.width, height=args.height, frames=args.frames,
                       batch_size=args.batch_size, gradient_checkpointing=args.gradient_checkpointing,
-                      mixed_precision=args.mixed_precision, uncond_rate=0.0, lr=1e-5)
+                      mixed_precision=args.mixed_precision, uncond_rate=0.0, lr=1e-5,
+                      train_image_encoder=args.train_image_encoder)
     cfg.check(device)
     model_cfg = PRESETS[args.model]()
     if stage == 1:
@@ -83,9 +98,12 @@ def bench_stage(args: argparse.Namespace, stage: int, device: torch.device) -> N
     t = time.perf_counter()
     with torch.device(device):  # initialise directly on the device
         models = Models.build(model_cfg)
-    set_trainable(models, stage)
+    set_trainable(models, stage, train_image_encoder=args.train_image_encoder)
     trainer = Trainer(models, cfg, world=1, device=device)
     build_s = time.perf_counter() - t
+    if args.profile:
+        profile_stage(args, cfg, trainer, model_cfg.clip.image_size, device)
+        return
     trained = sum(p.numel() for p in trainer.params)
     times, losses = [], []
     for step in range(args.warmup + args.steps):
@@ -113,6 +131,88 @@ def bench_stage(args: argparse.Namespace, stage: int, device: torch.device) -> N
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+class PhaseTimer:
+    """Wall time per named phase; module forwards are timed by hooks (the outermost timed module owns the time)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.totals, self.active = device, collections.defaultdict(float), []
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.totals[name] += seconds
+
+    def hook(self, name: str, module: torch.nn.Module) -> None:
+        """Time `module`'s forward calls as `name` (nested timed modules count for the outer one only)."""
+        def pre(*_: object) -> None:
+            self.sync()
+            self.active.append((name, time.perf_counter()))
+
+        def post(*_: object) -> None:
+            self.sync()
+            phase, start = self.active.pop()
+            if not self.active:
+                self.add(phase, time.perf_counter() - start)
+        module.register_forward_pre_hook(pre)
+        module.register_forward_hook(post)
+
+
+def profile_stage(args: argparse.Namespace, cfg: TrainConfig, trainer: Trainer, clip_size: int,
+                  device: torch.device) -> None:
+    """Time each phase of --steps steps after --warmup (one micro-batch each, the loop's own loss), print a table."""
+    models, timer = trainer.models, PhaseTimer(device)
+    timer.hook("VAE encode", models.vae.encoder)  # encode() calls posterior(), not forward()
+    for name in ("image_encoder", "reference_net", "pose_guider", "unet"):
+        timer.hook(name, getattr(models, name))
+    dataset = None
+    if args.data:
+        dataset = PoseVideoDataset(read_manifests(args.data), DataConfig(
+            cfg.width, cfg.height, cfg.clip_frames, cfg.stride, cfg.min_ref_distance, clip_size=clip_size))
+    steps = []
+    for step in range(args.warmup + args.steps):
+        timer.totals.clear()
+        start = time.perf_counter()
+        if dataset is None:
+            micro = synthetic_batch(cfg, clip_size, step)
+        else:
+            micro = collate([(step * cfg.batch_size + i, dataset[(step * cfg.batch_size + i) % len(dataset),
+                                                                  step * cfg.batch_size + i])
+                             for i in range(cfg.batch_size)])
+        timer.add("data", time.perf_counter() - start)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        t = time.perf_counter()
+        with trainer.autocast:
+            loss = trainer.loss(*micro)
+        timer.sync()
+        forward = time.perf_counter() - t
+        timer.add("loss (rest of forward)", forward - sum(v for k, v in timer.totals.items() if k != "data"))
+        t = time.perf_counter()
+        trainer.scaler.scale(loss).backward()
+        timer.sync()
+        timer.add("backward", time.perf_counter() - t)
+        t = time.perf_counter()
+        trainer.scaler.unscale_(trainer.optimizer)
+        torch.nn.utils.clip_grad_norm_(trainer.params, cfg.clip_grad)
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+        timer.sync()
+        timer.add("optimizer", time.perf_counter() - t)
+        timer.add("total", time.perf_counter() - start)
+        if step >= args.warmup:
+            steps.append(dict(timer.totals))
+    total = statistics.median(s["total"] for s in steps)
+    print(f"stage {cfg.stage} profile: {args.model} {cfg.width}x{cfg.height}, {cfg.clip_frames} frame(s) x batch "
+          f"{cfg.batch_size}, data {'from ' + ' '.join(args.data) if args.data else 'random'}, {device}, "
+          f"median of {len(steps)} steps")
+    for name in ["data", "VAE encode", "image_encoder", "reference_net", "pose_guider", "unet",
+                 "loss (rest of forward)", "backward", "optimizer"]:
+        t = statistics.median(s.get(name, 0.0) for s in steps)
+        print(f"  {name:24s} {t * 1000:8.1f} ms  {100 * t / total:5.1f} %")
+    print(f"  {'step':24s} {total * 1000:8.1f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:

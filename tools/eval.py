@@ -1,4 +1,5 @@
-"""Score methods against ground truth on the synthetic test splits: PSNR, SSIM, L1, temporal error (SPEC 6).
+"""Score methods against ground truth on the synthetic test splits: PSNR, SSIM, L1, temporal error (SPEC 6), and
+PSNR/SSIM on the character alone (its box in each frame, from the dataset, grown by --region-margin pixels).
 
     python tools/eval.py --data data/synth --method full=runs/full --method no-ref=runs/noref \\
         --method copy=copy-reference --steps 20 --out eval/
@@ -43,10 +44,12 @@ from aa.weights.sources import sampling_fields  # noqa: E402
 SPLITS = ("test_chars", "test_motions")
 COPY_REFERENCE = "copy-reference"
 NOT_SAMPLING = {"width", "height"}  # recorded with a checkpoint, but not sampling settings
-COLUMNS = {"psnr": "PSNR ↑", "ssim": "SSIM ↑", "l1": "L1 ↓", "temporal": "temporal ↓",
-           "flicker": "flicker →0"}
+REGION_METRICS = {"char_psnr": metrics.region_psnr, "char_ssim": metrics.region_ssim}
+COLUMNS = {"psnr": "PSNR ↑", "ssim": "SSIM ↑", "char_psnr": "char PSNR ↑", "char_ssim": "char SSIM ↑",
+           "l1": "L1 ↓", "temporal": "temporal ↓", "flicker": "flicker →0"}
 
-LEGEND = ("Values in [0, 1] except PSNR (dB, peak 1). temporal: mean |generated frame-to-frame change - true "
+LEGEND = ("Values in [0, 1] except PSNR (dB, peak 1). char: inside the character's box in each frame, grown by a "
+          "margin (NaN for a dataset without boxes). temporal: mean |generated frame-to-frame change - true "
           "change|; flicker: mean generated change - mean true change (negative: too static). Overall: mean over "
           "clips. Definitions: aa/metrics.py.")
 
@@ -66,6 +69,7 @@ class Clip:
     reference: np.ndarray  # uint8 (h, w, 3), resized to the frame size if it differs
     poses: np.ndarray  # uint8 (f, h, w, 3)
     truth: np.ndarray  # uint8 (f, h, w, 3)
+    boxes: np.ndarray | None = None  # (f, 4) the character's x0, y0, x1, y1 in each frame (None: not in the data)
 
 
 def read_split(data: Path, split: str, max_clips: int | None = None, frames: int | None = None) -> list[Clip]:
@@ -86,8 +90,13 @@ def read_split(data: Path, split: str, max_clips: int | None = None, frames: int
         reference = Image.open(data / item["reference"]).convert("RGB")
         if reference.size != (w, h):
             reference = reference.resize((w, h), Image.Resampling.LANCZOS)
+        boxes = None
+        if "boxes" in item:
+            boxes = np.asarray(json.loads((data / item["boxes"]).read_text()), dtype=np.int64)[:f]
+            if boxes.shape != (f, 4):
+                raise ValueError(f"{data / item['boxes']}: boxes of shape {boxes.shape} for {f} frames")
         clips.append(Clip(split, i, item["video"], item["character"], item["motion"], np.asarray(reference),
-                          poses, truth))
+                          poses, truth, boxes))
     return clips
 
 
@@ -129,14 +138,15 @@ def model_method(folder: Path, steps: int | None, guidance: float | None, window
 
 
 def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Per-metric mean over clips (NaN for none)."""
-    return {k: float(np.mean([r[k] for r in rows])) if rows else math.nan for k in metrics.METRICS}
+    """Per-metric mean over clips (NaN for none, or where a clip lacks the metric)."""
+    return {k: float(np.mean([r.get(k, math.nan) for r in rows])) if rows else math.nan
+            for k in [*metrics.METRICS, *REGION_METRICS]}
 
 
 def evaluate(methods: dict[str, Method], clips: list[Clip], seed: int, keep: int = 0, progress: bool = True,
-             ) -> tuple[list[dict], dict[str, dict[tuple[str, int], np.ndarray]]]:
+             region_margin: int = 4) -> tuple[list[dict], dict[str, dict[tuple[str, int], np.ndarray]]]:
     """Run every method on every clip: per-clip records, and each method's frames of the first `keep` clips of
-    every split (for the contact sheets), by (split, index)."""
+    every split (for the contact sheets), by (split, index). Region metrics grow the boxes by `region_margin`."""
     records, outputs = [], {name: {} for name in methods}
     for clip in tqdm(clips, desc="clips", unit="clip", disable=not progress):
         scores = {}
@@ -144,6 +154,9 @@ def evaluate(methods: dict[str, Method], clips: list[Clip], seed: int, keep: int
             frames = method(clip.reference, clip.poses, seed + clip.index)
             assert frames.shape == clip.truth.shape, f"{name}: got {frames.shape}, expected {clip.truth.shape}"
             scores[name] = metrics.all_metrics(frames, clip.truth)
+            if clip.boxes is not None:
+                scores[name].update({k: fn(frames, clip.truth, clip.boxes, region_margin)
+                                     for k, fn in REGION_METRICS.items()})
             if clip.index < keep:
                 outputs[name][clip.split, clip.index] = frames
         records.append({"split": clip.split, "video": clip.video, "character": clip.character,
@@ -174,10 +187,10 @@ def markdown_table(summary: dict) -> str:
 
 
 def _fmt(metric: str, value: float) -> str:
-    """PSNR to 0.01 dB, the others to 4 decimals."""
+    """PSNRs to 0.01 dB, the others to 4 decimals."""
     if math.isinf(value) or math.isnan(value):
         return str(value)
-    return f"{value:.2f}" if metric == "psnr" else f"{value:.4f}"
+    return f"{value:.2f}" if metric.endswith("psnr") else f"{value:.4f}"
 
 
 def contact_sheet(clips: list[Clip], outputs: dict[str, list[np.ndarray]], columns: int = 4,
@@ -232,6 +245,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="base seed; clip i of a split uses seed + i for every method")
     p.add_argument("--frames", type=int, help="score only the first N frames of each clip")
     p.add_argument("--max-clips", type=int, help="score only the first N clips of each split")
+    p.add_argument("--region-margin", type=int, default=4,
+                   help="pixels added around the character's box for the char PSNR/SSIM (default: 4)")
     p.add_argument("--sheet-clips", type=int, default=3, help="clips shown on each split's contact sheet")
     p.add_argument("--sheet-frames", type=int, default=6, help="frames shown per clip on the contact sheets")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device of the models")
@@ -241,6 +256,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     names = [name for name, _ in args.method]
     if len(set(names)) != len(names):
         p.error(f"method names must be unique, got {names}")
+    if args.region_margin < 0:
+        p.error("--region-margin must be at least 0")
     for flag in ("steps", "window", "frames", "max_clips", "sheet_clips", "sheet_frames"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
@@ -259,7 +276,8 @@ def main(argv: list[str] | None = None) -> dict:
             methods[name], settings = model_method(Path(spec), args.steps, args.guidance, args.window, args.device)
             described[name] = {"spec": spec, "settings": settings}
     clips = [c for split in args.splits for c in read_split(args.data, split, args.max_clips, args.frames)]
-    records, outputs = evaluate(methods, clips, args.seed, args.sheet_clips, progress=not args.quiet)
+    records, outputs = evaluate(methods, clips, args.seed, args.sheet_clips, progress=not args.quiet,
+                                region_margin=args.region_margin)
     summary = summarise(records, list(methods), args.splits)
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,16 @@
 """Train the SD autoencoder architecture at a small width on a synthetic dataset (the bundled demo's VAE).
 
     python tools/train_vae.py --data data/synth --out runs/vae --steps 3000
+    python tools/train_vae.py --data data/synth --out runs/vae-dec --init weights/demo/vae.safetensors \
+        --decoder-only --crop 64 --l1 0 --steps 550 --batch-size 8 --lr 2e-4     # same latent space
 
 Stable Diffusion's VAE was trained with perceptual and adversarial losses (LDM, Rombach et al. 2022, sec. 3); at
 this scale plain L1 + MSE reconstruction with a small KL term (weight 1e-6, as LDM) is enough for flat synthetic
-characters, trained on random crops to save compute. Writes `vae.safetensors` (our names, loadable by
-aa.weights.load_vae) and prints validation PSNR.
+characters, trained on random crops to save compute. `--decoder-only` fine-tunes the decoder and post_quant_conv of
+an existing VAE with the encoder frozen, as sd-vae-ft-mse did for SD's (a drop-in replacement: latents, and so every
+model trained on them, are unchanged; ft-MSE used MSE + 0.1 LPIPS, we have no LPIPS and use MSE, i.e. PSNR itself).
+Writes `vae.safetensors` (our names, fp32, loadable by aa.weights.load_vae) and prints validation PSNR, and the
+held-out reconstruction PSNR/SSIM on `--eval-split` before and after.
 """
 from __future__ import annotations
 
@@ -25,10 +30,10 @@ if __package__ in (None, ""):  # run as `python tools/train_vae.py`: make the re
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aa import config  # noqa: E402
-from aa.metrics import psnr  # noqa: E402
+from aa.metrics import psnr, psnr_frames, ssim_frames  # noqa: E402
 from aa.vae import AutoencoderKL  # noqa: E402
 from aa.video import read_video  # noqa: E402
-from aa.weights.sd import save_native  # noqa: E402
+from aa.weights.sd import load_vae, save_native  # noqa: E402
 
 PRESETS = {"demo": config.demo, "tiny": config.tiny}
 
@@ -40,7 +45,25 @@ def load_frames(data: Path, split: str, every: int) -> np.ndarray:
 
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(n, h, w, 3) uint8 -> (n, 3, h, w) float in [-1, 1]."""
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+@torch.no_grad()
+def reconstruction(vae: AutoencoderKL, frames: np.ndarray, batch: int = 32) -> dict[str, float]:
+    """Mean per-frame PSNR and SSIM (aa.metrics) of decode(posterior mean) against the (n, h, w, 3) uint8 frames,
+    with the output rounded to uint8 as a saved video would be."""
+    out = []
+    for x in to_tensor(frames).split(batch):
+        y = vae.decoder(vae.post_quant_conv(vae.posterior(x).mean))
+        out.append(((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1))
+    out = torch.cat(out)
+    return {"psnr": psnr_frames(out, frames).mean().item(), "ssim": ssim_frames(out, frames).mean().item()}
+
+
+def decoder_parameters(vae: AutoencoderKL) -> list[torch.nn.Parameter]:
+    """What `--decoder-only` trains: the decoder and post_quant_conv (everything after the latent)."""
+    return [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,36 +79,63 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--crop", type=int, default=48, help="train on random square crops of this size (a multiple "
                                                         "of 8; the VAE is convolutional, so it runs on full frames)")
     p.add_argument("--init-logvar", type=float, default=-8.0, help="initial posterior log-variance (bias)")
+    p.add_argument("--init", type=Path, help="start from this VAE file (native or any format aa.weights.load_vae "
+                                             "reads; loaded as fp32) instead of a fresh one")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="train only the decoder and post_quant_conv of --init; the encoder stays bit-identical")
+    p.add_argument("--l1", type=float, default=1.0, help="weight of the L1 term next to the MSE (0: MSE only)")
+    p.add_argument("--eval-split", default="test_chars", help="split for the before/after reconstruction scores")
+    p.add_argument("--eval-every", type=int, default=4, help="score every N-th frame of --eval-split's videos")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     args = p.parse_args(argv)
 
+    if args.decoder_only and args.init is None:
+        p.error("--decoder-only fine-tunes an existing VAE: give it with --init")
+    if args.crop % 8 or args.crop < 8:
+        p.error(f"--crop must be a positive multiple of 8, got {args.crop}")
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     train = load_frames(args.data, "train", args.every)
+    if args.crop > min(train.shape[1:3]):
+        p.error(f"--crop {args.crop} is larger than the frames ({train.shape[2]}x{train.shape[1]})")
     val = to_tensor(load_frames(args.data, "val", 8)[:64])
-    vae = AutoencoderKL(PRESETS[args.model]().vae)
-    with torch.no_grad():  # start nearly deterministic: with log-variance 0 the posterior's unit noise drowns the
-        vae.quant_conv.bias[vae.cfg.latent_channels:] = args.init_logvar  # small initial means and slows learning
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    held_out = load_frames(args.data, args.eval_split, args.eval_every)
+    if args.init is not None:
+        vae = load_vae(args.init, PRESETS[args.model]().vae, dtype=torch.float32)
+    else:
+        vae = AutoencoderKL(PRESETS[args.model]().vae)
+        with torch.no_grad():  # start nearly deterministic: with log-variance 0 the posterior's unit noise drowns
+            vae.quant_conv.bias[vae.cfg.latent_channels:] = args.init_logvar  # the small initial means
+    params = list(vae.parameters())
+    if args.decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+        params = decoder_parameters(vae)
+    before = reconstruction(vae, held_out)
+    print(f"{args.eval_split} reconstruction before: PSNR {before['psnr']:.2f} dB, SSIM {before['ssim']:.4f} "
+          f"({len(held_out)} frames)")
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s / args.steps, 1.0))))
     args.out.mkdir(parents=True, exist_ok=True)
     log = (args.out / "log.jsonl").open("w")
     bar = tqdm(range(args.steps), desc="vae")
-    t0 = time.time()
+    t0, score = time.time(), math.nan
     for step in bar:
         idx = rng.integers(0, len(train), args.batch_size)
         y0, x0 = rng.integers(0, train.shape[1] - args.crop + 1), rng.integers(0, train.shape[2] - args.crop + 1)
         x = to_tensor(train[idx, y0:y0 + args.crop, x0:x0 + args.crop])
         if rng.random() < 0.5:
             x = x.flip(-1)
-        q = vae.posterior(x)
-        recon = vae.decoder(vae.post_quant_conv(q.sample()))
-        rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
-        loss = rec + args.kl * q.kl().mean()
+        with torch.set_grad_enabled(not args.decoder_only):
+            q = vae.posterior(x)
+            z = q.sample()
+        recon = vae.decoder(vae.post_quant_conv(z))
+        rec = args.l1 * F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        loss = rec if args.decoder_only else rec + args.kl * q.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         bar.set_postfix(rec=f"{rec.item():.4f}")
@@ -97,11 +147,17 @@ def main(argv: list[str] | None = None) -> None:
                                   "time": time.time() - t0}) + "\n")
             log.flush()
             save_native(vae, args.out / "vae.safetensors")
+    save_native(vae, args.out / "vae.safetensors")
+    after = reconstruction(vae, held_out)
+    print(f"{args.eval_split} reconstruction after: PSNR {after['psnr']:.2f} dB, SSIM {after['ssim']:.4f}")
+    (args.out / "reconstruction.json").write_text(json.dumps({"split": args.eval_split, "frames": len(held_out),
+                                                              "before": before, "after": after}, indent=1))
     with torch.no_grad():  # the scale that gives the UNet unit-variance latents (SD's 0.18215 was found the same way)
         sample = to_tensor(train[rng.integers(0, len(train), 256)])
         std = torch.cat([vae.posterior(x).mean for x in sample.split(32)]).std().item()
+    scale = "unchanged (decoder only)" if args.decoder_only else f"scaling_factor = {1 / std:.5f}"
     print(f"validation PSNR {score:.2f} dB after {args.steps} steps ({time.time() - t0:.0f} s); "
-          f"wrote {args.out / 'vae.safetensors'}; latent std {std:.4f}: scaling_factor = {1 / std:.5f}")
+          f"wrote {args.out / 'vae.safetensors'}; latent std {std:.4f}: {scale}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 features and its CLIP embedding (paper 3.3; SPEC 1-2).
 
 L = w(t) || target(z0, eps, t) - UNet(z_t, t, CLIP(ref), ReferenceNet(ref), PoseGuider(pose)) ||^2, with
-target = eps or v, w = min-SNR-gamma (Hang et al. 2023), and a fraction of samples trained unconditionally (zero CLIP
-embedding and no reference, exactly what the unconditional guidance branch sees at inference).
+target = eps or v, w = min-SNR-gamma (Hang et al. 2023; for v as the release computes it: ddim.min_snr_weight),
+and a fraction of samples trained unconditionally (zero CLIP embedding and no reference, exactly what the
+unconditional guidance branch sees at inference).
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from ..vae import AutoencoderKL
 
 @dataclass(frozen=True)
 class Objective:
-    """Loss options. Defaults follow Moore-AnimateAnyone's training (v-prediction, zero SNR, min-SNR 5, noise
-    offset 0.05, 10% unconditional)."""
+    """Loss options. Defaults follow Moore-AnimateAnyone's training (v-prediction, zero SNR, min-SNR 5 weighted as
+    its train_stage_{1,2}.py do, noise offset 0.05, 10% unconditional)."""
 
     prediction: str = "v"  # 'v' or 'eps'
     beta_schedule: str = "scaled_linear"
@@ -31,6 +32,11 @@ class Objective:
     uncond_rate: float = 0.1  # fraction of samples with zero CLIP embedding and no reference
     reference: bool = True  # False: no ReferenceNet at all (the paper's "CLIP only" ablation)
     train_steps: int = 1000
+    snr_weighting: str = "released"  # v-prediction's min-SNR variant: 'released' or 'hang' (ddim.min_snr_weight)
+
+    def __post_init__(self) -> None:
+        if self.snr_weighting not in ddim.SNR_WEIGHTINGS:
+            raise ValueError(f"unknown snr_weighting {self.snr_weighting!r}: expected one of {ddim.SNR_WEIGHTINGS}")
 
 
 @dataclass
@@ -110,7 +116,7 @@ class Trainable(nn.Module):
         per_video = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)).view(b, f).mean(1)
         if self.obj.min_snr_gamma:
             per_video = per_video * ddim.min_snr_weight(self.alphas_cumprod[t].double(), self.obj.min_snr_gamma,
-                                                        self.obj.prediction).float()
+                                                        self.obj.prediction, self.obj.snr_weighting).float()
         loss = per_video.mean()
         if ref_kv is not None and not kept:  # all unconditional: keep the ReferenceNet in the graph with zero
             loss = loss + 0.0 * sum(k.mean() + v.mean() for k, v in ref_kv)  # gradient (DDP wants every grad)

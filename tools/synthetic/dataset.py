@@ -6,7 +6,10 @@ Layout written by `write_dataset(out, ...)`:
     out/characters/0007.png, .json     each character standing in a neutral pose (a reference image) + keypoints
     out/<split>/c0007_walk_1.mp4       lossless H.264 RGB video (aa.video.write_video(lossless=True))
     out/<split>/c0007_walk_1.json      its keypoints, one pose per frame (aa.pose.save_json)
-    out/<split>.json                   manifest: [{"video", "keypoints", "character", "motion", "reference"}, ...]
+    out/<split>/c0007_walk_1.box.json  the character's bounding box in each frame, [[x0, y0, x1, y1], ...] (pixels,
+                                       end-exclusive; render.render_frame_box): where region metrics look
+    out/<split>.json                   manifest: [{"video", "keypoints", "boxes", "character", "motion",
+                                       "reference"}, ...]
 
 Splits: `train` (train characters, train motions), `val` and `test_chars` (two disjoint sets of held-out
 characters, train motions), `test_motions` (train characters, held-out motions only).
@@ -27,7 +30,7 @@ from aa.video import write_video
 
 from .character import BACKGROUNDS, Character, sample_character
 from .motions import HELD_OUT_MOTIONS, MOTIONS, TRAIN_MOTIONS, sample_params
-from .render import render_frame
+from .render import render_frame, render_frame_box
 from .skeleton import PoseState
 
 FPS = 8.0
@@ -41,14 +44,22 @@ def character_seed(seed: int, character: int) -> int:
 def make_clip(character: Character, motion: str, frames: int, width: int, height: int, seed: int,
               fps: float = FPS) -> tuple[np.ndarray, list[Pose]]:
     """Render `frames` frames of `motion` with parameters drawn from `seed`: (f, h, w, 3) uint8 and one Pose each."""
+    video, poses, _ = make_clip_boxes(character, motion, frames, width, height, seed, fps)
+    return video, poses
+
+
+def make_clip_boxes(character: Character, motion: str, frames: int, width: int, height: int, seed: int,
+                    fps: float = FPS) -> tuple[np.ndarray, list[Pose], list[tuple[int, int, int, int]]]:
+    """`make_clip` plus the character's bounding box in each frame (`render_frame_box`)."""
     rng = np.random.default_rng(seed)
     params = sample_params(motion, rng, frames / fps)
-    images, poses = [], []
+    images, poses, boxes = [], [], []
     for i in range(frames):
-        image, pose = render_frame(character, MOTIONS[motion](i / fps, params), width, height)
+        image, pose, box = render_frame_box(character, MOTIONS[motion](i / fps, params), width, height)
         images.append(image)
         poses.append(pose)
-    return np.stack(images), poses
+        boxes.append(box)
+    return np.stack(images), poses, boxes
 
 
 def reference(character: Character, width: int, height: int) -> tuple[np.ndarray, Pose]:
@@ -91,6 +102,12 @@ def _save_png(path: Path, image: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def _save_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_dataset(out: str | os.PathLike, width: int = 64, height: int = 64, train_characters: int = 40,
                   val_characters: int = 5, test_characters: int = 8, clips_per_character: int = 3,
                   frames: int = 24, seed: int = 0, fps: float = FPS, progress: bool = True,
@@ -116,10 +133,13 @@ def write_dataset(out: str | os.PathLike, width: int = 64, height: int = 64, tra
             for clip in clips:
                 key = [seed, clip.character, clip.index, split_id]
                 clip_seed = int(np.random.SeedSequence(key).generate_state(1)[0])
-                video, poses = make_clip(cache[clip.character], clip.motion, frames, width, height, clip_seed, fps)
+                video, poses, boxes = make_clip_boxes(cache[clip.character], clip.motion, frames, width, height,
+                                                      clip_seed, fps)
                 write_video(out / split / f"{clip.name}.mp4", video, fps, lossless=True)
                 save_json(out / split / f"{clip.name}.json", poses)
+                _save_text(out / split / f"{clip.name}.box.json", json.dumps([list(b) for b in boxes]))
                 manifests[split].append({"video": f"{split}/{clip.name}.mp4", "keypoints": f"{split}/{clip.name}.json",
+                                         "boxes": f"{split}/{clip.name}.box.json",
                                          "character": clip.character, "motion": clip.motion,
                                          "reference": f"characters/{clip.character:04d}.png"})
                 bar.update()

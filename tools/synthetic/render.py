@@ -79,10 +79,22 @@ def _keypoints(cv: Canvas, fig: Figure, width: int, height: int) -> Pose:
 
 def render_frame(character: Character, pose_state: PoseState, width: int, height: int) -> tuple[np.ndarray, Pose]:
     """Draw `character` in `pose_state` on a `width` x `height` frame: (h, w, 3) uint8 RGB and its exact Pose."""
+    image, pose, _ = render_frame_box(character, pose_state, width, height)
+    return image, pose
+
+
+def render_frame_box(character: Character, pose_state: PoseState, width: int, height: int
+                     ) -> tuple[np.ndarray, Pose, tuple[int, int, int, int]]:
+    """`render_frame` plus the character's bounding box (x0, y0, x1, y1), end-exclusive output pixels: every pixel
+    a part of the character (body, hair, hat, clothes, bag; not its ground shadow) changed; (0, 0, 0, 0) if none."""
     ss = supersampling(width, height)
     fig = pose_figure(character, pose_state, width, height)
     cv = Canvas(background(character.background, width, height, ss), ss)
     draw_shadow(cv, fig, pose_state, height)
+    backdrop = cv.rgb.copy()
     for _, draw in sorted(_items(character, fig), key=lambda item: item[0]):
         draw(cv)
-    return cv.image(), _keypoints(cv, fig, width, height)
+    drawn = (cv.rgb != backdrop).any(axis=-1).reshape(height, ss, width, ss).any(axis=(1, 3))  # (h, w)
+    ys, xs = np.nonzero(drawn)
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (0, 0, 0, 0)
+    return cv.image(), _keypoints(cv, fig, width, height), box
