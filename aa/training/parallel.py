@@ -37,16 +37,21 @@ def setup_distributed(device: str | None) -> tuple[int, int, torch.device]:
     return rank, world, dev
 
 
-def wrap(trainable: Trainable, fsdp: bool, world: int, device: torch.device) -> nn.Module:
-    """The module the training step calls: `trainable` itself in one process, else DDP- or FSDP-wrapped."""
+def wrap(trainable: Trainable, fsdp: bool, world: int, device: torch.device,
+         amp: torch.dtype | None = None) -> nn.Module:
+    """The module the training step calls: `trainable` itself in one process, else DDP- or FSDP-wrapped.
+
+    DDP's gradients are views into its all-reduce buckets (no second copy of them); FSDP under mixed precision
+    gathers the weights in `amp` and reduces the gradients in fp32."""
     if world == 1:
         return trainable
     if fsdp:
-        return shard(trainable)
-    return DistributedDataParallel(trainable, device_ids=[device.index] if device.type == "cuda" else None)
+        return shard(trainable, amp)
+    return DistributedDataParallel(trainable, device_ids=[device.index] if device.type == "cuda" else None,
+                                   gradient_as_bucket_view=True)
 
 
-def shard(trainable: Trainable) -> nn.Module:
+def shard(trainable: Trainable, amp: torch.dtype | None = None) -> nn.Module:
     """FSDP2: every ResNet, spatial transformer and temporal layer of both UNets is one unit (gathered just for its
     own forward and backward); the small rest (conv_in/out, time embedding, resamplers, Pose Guider, image encoder)
     forms the root unit.
@@ -54,19 +59,23 @@ def shard(trainable: Trainable) -> nn.Module:
     Two calls reach into a unit from outside its `forward`: `UNet.reference_kv` uses each block's `attn1.to_k` and
     `to_v` (so these Linear layers are units of their own), and the ReferenceNet's last block runs only
     `Transformer2D.reference_features` (registered as a forward method)."""
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    from functools import partial
 
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    shard_unit = partial(fully_shard, mp_policy=MixedPrecisionPolicy(param_dtype=amp, reduce_dtype=torch.float32)
+                         if amp is not None else MixedPrecisionPolicy())
     for transformer in trainable.unet.transformers():  # the innermost units first
         attn1 = transformer.transformer_blocks[0].attn1
-        fully_shard(attn1.to_k)
-        fully_shard(attn1.to_v)
+        shard_unit(attn1.to_k)
+        shard_unit(attn1.to_v)
     for net in (trainable.unet, trainable.reference_net):
         for module in list(net.modules()):
             if isinstance(module, (ResnetBlock2D, Transformer2D, MotionModule)):
-                fully_shard(module)
+                shard_unit(module)
                 if isinstance(module, Transformer2D):
                     register_fsdp_forward_method(module, "reference_features")
-    return fully_shard(trainable)
+    return shard_unit(trainable)
 
 
 def is_sharded(model: nn.Module) -> bool:

@@ -114,3 +114,15 @@ def single_token_query_parameters(unet: UNet) -> list[nn.Parameter]:
         block = transformer.transformer_blocks[0]
         params += [*block.norm2.parameters(), *block.attn2.to_q.parameters(), *block.attn2.to_k.parameters()]
     return params
+
+
+def cast_frozen(models: Models, dtype: torch.dtype) -> int:
+    """Store the parameters that don't train in `dtype` (bf16/fp16 halves their memory; under autocast the matmuls
+    and convolutions read them in that precision anyway). Returns the number of bytes saved."""
+    saved = 0
+    for module in models.modules().values():
+        for p in module.parameters():
+            if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
+                saved += p.nbytes - p.nbytes * dtype.itemsize // p.element_size()
+                p.data = p.data.to(dtype)
+    return saved
