@@ -11,6 +11,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 KV = tuple[Tensor, Tensor]  # keys and values, each (b, nh, m, d)
+FF_CHUNK_ELEMENTS = 2**26  # inference: the feed-forward's inner activation in slices of at most this many values
 
 
 class Attention(nn.Module):
@@ -46,6 +47,11 @@ class Attention(nn.Module):
             out = attend_with_reference(q, k, v, ref_kv, num_frames)
         return self.to_out[0](rearrange(out, "b nh n d -> b n (nh d)"))
 
+    def single_token(self, context: Tensor) -> Tensor:
+        """Cross-attention to one context token (b, 1, c_ctx) -> (b, 1, c): the softmax over a single key is 1, so
+        every query gets that token's value, whatever the query (no to_q, to_k or attention needed)."""
+        return self.to_out[0](self.to_v(context))
+
 
 def attend_with_reference(q: Tensor, k: Tensor, v: Tensor, ref_kv: KV, num_frames: int) -> Tensor:
     """Attention whose keys/values are [own tokens; reference tokens] for the first r videos' frames.
@@ -71,6 +77,11 @@ def attend_with_reference(q: Tensor, k: Tensor, v: Tensor, ref_kv: KV, num_frame
     return torch.cat([out, F.scaled_dot_product_attention(q[rows:], k[rows:], v[rows:])])
 
 
+def layout(x: Tensor) -> torch.memory_format:
+    """The memory format of a (b c h w) tensor, so a layer's output can keep its input's (channels-last on CUDA)."""
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
 class GEGLU(nn.Module):
     """Linear to 2 x inner, split into (value, gate), value * gelu(gate) with the exact erf GELU."""
 
@@ -92,7 +103,12 @@ class FeedForward(nn.Module):
         self.net = nn.Sequential(GEGLU(dim, mult * dim), nn.Identity(), nn.Linear(mult * dim, dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        # x: B n c. Without gradients, rows go through in slices: the 8c-wide GEGLU activations are the UNet's
+        # largest (3 GB for the 48 guided frames at 512x768 in fp16), and slicing the rows costs nothing
+        if torch.is_grad_enabled() or x.shape[0] * x.shape[1] * self.net[2].in_features <= FF_CHUNK_ELEMENTS:
+            return self.net(x)
+        rows = max(1, FF_CHUNK_ELEMENTS // (x.shape[1] * self.net[2].in_features))
+        return torch.cat([self.net(part) for part in x.split(rows)])
 
 
 class TransformerBlock(nn.Module):
@@ -114,7 +130,11 @@ class TransformerBlock(nn.Module):
         # x: (b f) n c; context: (b f) m c_ctx
         n = self.norm1(x)
         x = self.attn1(n, ref_kv=ref_kv, num_frames=num_frames) + x
-        x = self.attn2(self.norm2(x), context) + x
+        if context.shape[1] == 1 and not torch.is_grad_enabled():
+            # one CLIP token: exact shortcut; training keeps the full path, so every parameter gets a gradient
+            x = self.attn2.single_token(context) + x
+        else:
+            x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x, n
 
 
@@ -142,7 +162,8 @@ class Transformer2D(nn.Module):
         # x: (b f) c h w; context: (b f) m c_ctx
         h, w = x.shape[-2:]
         t, feature = self.transformer_blocks[0](self.tokens(x), context, ref_kv, num_frames)  # (b f) (h w) c
-        # contiguous: a permuted (channels-last) view would make proj_out, and every conv downstream of the sum,
-        # reorder its weights on each call (~35% of a CPU forward)
-        t = rearrange(t, "b (h w) c -> b c h w", h=h, w=w).contiguous()
+        # in the input's layout: a channels-last view in an NCHW network would make proj_out, and every conv
+        # downstream of the sum, reorder its weights on each call (~35% of a CPU forward); in a channels-last
+        # network (CUDA low precision) the view is already that layout and costs no copy
+        t = rearrange(t, "b (h w) c -> b c h w", h=h, w=w).contiguous(memory_format=layout(x))
         return self.proj_out(t) + x, feature

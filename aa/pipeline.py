@@ -2,9 +2,12 @@
 
 Data flow: reference image -> VAE posterior mean latent and CLIP image embedding -> ReferenceNet once -> reference
 keys/values projected once (`UNet.reference_kv`); then a DDIM loop over windows of frames, the conditional and
-unconditional guidance branches batched in one UNet call, the Pose Guider run per window; then the VAE decodes a few
-frames at a time. Memory is bounded by the window size: only the latents (4 x h x w per frame) and the pose images
-exist for the whole video.
+unconditional guidance branches batched in one UNet call; then the VAE decodes a few frames at a time. What does not
+change over the steps (Pose Guider features, window indices and weights, timesteps) is put on the device once
+(aa/step.py), so the loop never waits for the host. Memory is bounded by the window size: only the latents
+(4 x h x w per frame), the pose images and, up to a budget, the Pose Guider's features exist for the whole video.
+The networks run in the dtype of their weights (fp16/bf16 weights: no autocast); fp32 weights on CUDA run under
+autocast at `Settings.dtype`.
 """
 from __future__ import annotations
 
@@ -22,9 +25,9 @@ from . import ddim
 from .attention import KV
 from .clip import preprocess
 from .models import Models
+from .step import PoseFeatures, WindowPlan, module_dtype
 from .unet import UNet
 from .vae import AutoencoderKL
-from .windows import blend_weights, step_offset, window_schedule
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,9 @@ class Settings:
     reference: bool = True  # use the ReferenceNet (False: image-encoder cross-attention only, an ablation)
     clip_mode: str = "squash"  # CLIP preprocessing: 'squash' to 224x224, 'crop' (short side + centre crop) or
     # 'pil-squash' (PIL's antialiased resize, the released inference)
-    decode_chunk: int = 8  # frames per VAE decode call
-    dtype: torch.dtype = torch.float16  # autocast precision on CUDA (CPU runs fp32)
+    decode_chunk: int = 8  # frames per VAE decode call (on CUDA, fewer when free memory is short)
+    dtype: torch.dtype = torch.float16  # autocast precision for fp32 weights on CUDA (others run in their own dtype)
+    offload: bool = False  # move the ReferenceNet and CLIP encoder to the CPU once the reference is encoded
 
 
 def moore() -> Settings:
@@ -76,12 +80,6 @@ def image_tensor(image: Image.Image | np.ndarray, width: int, height: int) -> Te
     return x / 127.5 - 1.0
 
 
-def pose_tensor(poses: Sequence[np.ndarray] | np.ndarray, indices: Sequence[int]) -> Tensor:
-    """Pose images (uint8 h w 3) at `indices` -> (f, 3, h, w) in [0, 1] (the released Pose Guider's input range)."""
-    frames = np.stack([np.asarray(poses[i]) for i in indices])
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
-
-
 def check_poses(poses: Sequence[np.ndarray] | np.ndarray, width: int, height: int) -> int:
     """Validate the pose frames before any heavy work; returns their count."""
     for i in (0, len(poses) - 1):
@@ -99,16 +97,17 @@ def encode_reference(models: Models, image: Image.Image | np.ndarray, width: int
     """CLIP context (1, 1, c) and the cached reference keys/values of every transformer block (None without the
     ReferenceNet)."""
     device = next(models.unet.parameters()).device
-    latent = models.vae.encode(image_tensor(image, width, height).to(device))  # posterior mean x 0.18215
+    latent = models.vae.encode(image_tensor(image, width, height).to(device, module_dtype(models.vae)))
     clip_in = preprocess(image, mode=clip_mode, size=models.image_encoder.cfg.image_size)
-    context = models.image_encoder.context(clip_in.to(device))  # (1, 1, c)
+    context = models.image_encoder.context(clip_in.to(device, module_dtype(models.image_encoder)))  # (1, 1, c)
+    dtype = module_dtype(models.unet)
     if not reference:
-        return context, None
-    features = models.reference_net(latent, context)
-    return context, models.unet.reference_kv(features)
+        return context.to(dtype), None
+    features = models.reference_net(latent.to(module_dtype(models.reference_net)), context)
+    return context.to(dtype), models.unet.reference_kv([x.to(dtype) for x in features])
 
 
-def guided_prediction(unet: UNet, x: Tensor, t: int, context: Tensor, ref_kv: list[KV] | None, pose: Tensor,
+def guided_prediction(unet: UNet, x: Tensor, t: int | Tensor, context: Tensor, ref_kv: list[KV] | None, pose: Tensor,
                       guidance: float, adds_to_latent: bool) -> Tensor:
     """The UNet's prediction for one window x (f, c, h, w), with classifier-free guidance:
     uncond + g (cond - uncond), where the unconditional branch has a zero CLIP embedding and no reference (SPEC 2).
@@ -132,24 +131,22 @@ def denoise(models: Models, latents: Tensor, poses: Sequence[np.ndarray] | np.nd
     s = settings
     ab = ddim.alphas_cumprod(s.beta_schedule, s.zero_snr)
     steps = ddim.timesteps(s.steps, len(ab), s.spacing, s.steps_offset)
-    n = latents.shape[0]
-    windows = window_schedule(n, s.window, s.overlap, s.wrap)
-    bar = tqdm(total=len(steps) * len(windows), desc="denoising", unit="window", disable=not progress)
+    n, device, dtype = latents.shape[0], latents.device, module_dtype(models.unet)
+    plan = WindowPlan(n, len(steps), s.window, s.overlap, s.wrap, s.shift_windows, s.blend, device)
+    pose_features = PoseFeatures(models.pose_guider, poses, device, chunk=s.window)
+    t_device = torch.tensor([t for t, _ in steps], device=device)  # one copy; each step indexes it on the device
+    bar = tqdm(total=sum(map(len, plan.steps)), desc="denoising", unit="window", disable=not progress)
     for k, (t, t_prev) in enumerate(steps):
-        if s.shift_windows and not s.wrap:
-            windows = window_schedule(n, s.window, s.overlap, offset=step_offset(k, s.window, s.overlap))
         total = torch.zeros_like(latents, dtype=torch.float32)
-        weight = torch.zeros(n, device=latents.device)
-        for frames in windows:
-            idx = torch.tensor(frames, device=latents.device)
-            pose = models.pose_guider(pose_tensor(poses, frames).to(latents.device))
-            pred = guided_prediction(models.unet, latents[idx], t, context, ref_kv, pose, s.guidance,
-                                     models.pose_guider.adds_to_latent)
-            w = blend_weights(len(frames), s.blend).to(latents.device)
-            total.index_add_(0, idx, pred.float() * w[:, None, None, None])
+        weight = torch.zeros(n, 1, 1, 1, device=device)
+        for frames, idx, w in plan[k]:  # w: (f, 1, 1, 1) blend weights
+            pose = pose_features(frames, idx)
+            pred = guided_prediction(models.unet, latents.index_select(0, idx).to(dtype), t_device[k], context,
+                                     ref_kv, pose.to(dtype), s.guidance, models.pose_guider.adds_to_latent)
+            total.index_add_(0, idx, pred.float() * w)
             weight.index_add_(0, idx, w)
             bar.update()
-        pred = total / weight[:, None, None, None]
+        pred = total / weight
         latents = ddim.ddim_step(latents, pred.to(latents.dtype), ddim.alpha_bar(ab, t), ddim.alpha_bar(ab, t_prev),
                                  s.prediction, s.eta, generator)
     bar.close()
@@ -182,11 +179,17 @@ def animate_iter(models: Models, reference: Image.Image | np.ndarray, poses: Seq
     checked here, before any work starts."""
     if len(poses) == 0:
         raise ValueError("the pose sequence is empty")
+    if settings.steps < 1 or settings.window < 1 or not 0 <= settings.overlap < settings.window:
+        raise ValueError(f"need steps >= 1, window >= 1 and 0 <= overlap < window, got steps {settings.steps}, "
+                         f"window {settings.window}, overlap {settings.overlap}")
+    if not np.isfinite(settings.guidance):
+        raise ValueError(f"the guidance scale must be a finite number, got {settings.guidance}")
     if height is None or width is None:
         height, width = np.asarray(poses[0]).shape[:2]
-    down = models.vae.downscale
-    if width % down or height % down:
-        raise ValueError(f"width and height must be multiples of {down}, got {width}x{height}")
+    down, multiple = models.vae.downscale, models.size_multiple
+    if width <= 0 or height <= 0 or width % multiple or height % multiple:
+        raise ValueError(f"width and height must be positive multiples of {multiple} for this model, got "
+                         f"{width}x{height}")
     n = check_poses(poses, width, height)
     if not isinstance(reference, np.ndarray) and reference.mode != "RGB":
         raise ValueError(f"expected an RGB reference image, got mode {reference.mode!r}: convert it first")
@@ -202,13 +205,35 @@ def _animate(models: Models, reference: Image.Image | np.ndarray, poses: Sequenc
              settings: Settings, width: int, height: int, seed: int, latents: Tensor,
              progress: bool) -> Iterator[np.ndarray]:
     device = next(models.unet.parameters()).device
-    cuda = device.type == "cuda"
-    with torch.autocast("cuda", dtype=settings.dtype) if cuda else nullcontext():
+    # autocast only for fp32 weights on CUDA: fp16/bf16 weights run as they are, without re-casting every norm
+    autocast = device.type == "cuda" and module_dtype(models.unet) == torch.float32 != settings.dtype
+    encoders = [models.reference_net, models.image_encoder]
+    if settings.offload:  # brought back for this video if an earlier one moved them off
+        for m in encoders:
+            m.to(device)
+    with torch.autocast("cuda", dtype=settings.dtype) if autocast else nullcontext():
         context, ref_kv = encode_reference(models, reference, width, height, settings.clip_mode,
                                            settings.reference)
+        if settings.offload:  # ~2.2 GB of SD weights in fp16 that the steps never read
+            for m in encoders:
+                m.to("cpu")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         generator = torch.Generator(device).manual_seed(seed + 1) if settings.eta > 0 else None
         latents = denoise(models, latents.to(device), poses, context, ref_kv, settings, generator, progress)
-    yield from decode(models.vae, latents, settings.decode_chunk)
+    yield from decode(models.vae, latents, decode_chunk(models.vae, latents, settings.decode_chunk))
+
+
+def decode_chunk(vae: AutoencoderKL, latents: Tensor, chunk: int) -> int:
+    """Frames per decode call: `chunk`, or on CUDA fewer when the decoder's activations would not fit in free memory
+    (their peak is about six full-resolution maps of the first width per frame: 0.56 GiB at 512x768 in fp16,
+    tools/estimate_memory.py)."""
+    if latents.device.type != "cuda":
+        return chunk
+    h, w = (s * vae.downscale for s in latents.shape[-2:])
+    per_frame = 6 * vae.cfg.block_out_channels[0] * h * w * module_dtype(vae).itemsize
+    free, _ = torch.cuda.mem_get_info(latents.device)
+    return max(1, min(chunk, int(0.8 * free) // per_frame))
 
 
 def animate(models: Models, reference: Image.Image | np.ndarray, poses: Sequence[np.ndarray] | np.ndarray,

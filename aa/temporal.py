@@ -12,7 +12,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .attention import Attention, FeedForward
+from .attention import Attention, FeedForward, layout
 from .config import MotionConfig
 
 
@@ -51,12 +51,9 @@ class TemporalAttention(Attention):
         super().__init__(dim, heads)
         self.pos_encoder = PositionalEncoding(dim, max_len)
 
-    def forward(self, x: Tensor, num_frames: int) -> Tensor:  # type: ignore[override]
-        # x: (b f) n c
-        n = x.shape[1]
-        t = rearrange(x, "(b f) n c -> (b n) f c", f=num_frames)
-        t = super().forward(self.pos_encoder(t))
-        return rearrange(t, "(b n) f c -> (b f) n c", n=n)
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        # x: (b n) f c, the frames of each spatial position as the tokens
+        return super().forward(self.pos_encoder(x))
 
 
 class TemporalTransformerBlock(nn.Module):
@@ -70,9 +67,10 @@ class TemporalTransformerBlock(nn.Module):
         self.ff = FeedForward(dim)
         self.ff_norm = nn.LayerNorm(dim)
 
-    def forward(self, x: Tensor, num_frames: int) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
+        # x: (b n) f c
         for attention, norm in zip(self.attention_blocks, self.norms):
-            x = attention(norm(x), num_frames) + x
+            x = attention(norm(x)) + x
         return self.ff(self.ff_norm(x)) + x
 
 
@@ -89,13 +87,19 @@ class TemporalTransformer(nn.Module):
         nn.init.zeros_(self.proj_out.bias)
 
     def forward(self, x: Tensor, num_frames: int) -> Tensor:
-        # x: (b f) c h w
+        # x: (b f) c h w. One transpose in and one out: every token-wise layer in between (norms, projections,
+        # feed-forward) runs in the frames-as-tokens layout the attention needs
         h, w = x.shape[-2:]
-        t = self.proj_in(rearrange(self.norm(x), "b c h w -> b (h w) c"))
+        t = self.proj_in(rearrange(self.norm(x), "(b f) c h w -> (b h w) f c", f=num_frames))
         for block in self.transformer_blocks:
-            t = block(t, num_frames)
-        # contiguous, as in Transformer2D: a channels-last view here would slow every conv after it
-        return rearrange(self.proj_out(t), "b (h w) c -> b c h w", h=h, w=w).contiguous() + x
+            t = block(t)
+        # back in the input's layout with one copy, as in Transformer2D: a channels-last view in an NCHW network
+        # would slow every conv after it (contiguous() is that copy, or nothing where rearrange already copied)
+        if layout(x) == torch.channels_last:
+            t = rearrange(self.proj_out(t), "(b h w) f c -> (b f) h w c", h=h, w=w).contiguous().permute(0, 3, 1, 2)
+        else:
+            t = rearrange(self.proj_out(t), "(b h w) f c -> (b f) c h w", h=h, w=w).contiguous()
+        return t + x
 
 
 class MotionModule(nn.Module):

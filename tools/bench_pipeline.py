@@ -3,9 +3,12 @@
     python tools/bench_pipeline.py --device cuda --dtype bf16                 # 24 frames, 512x768, 25 steps
     python tools/bench_pipeline.py --device cpu --width 128 --height 128 --frames 4 --steps 2   # a CPU-sized run
     python tools/bench_pipeline.py --kv-only --device cpu                     # cached vs per-frame reference K/V
+    git archive HEAD aa | tar -x -C /tmp/aa-old && python tools/bench_pipeline.py --old /tmp/aa-old   # before/after
 
 Prints the time per stage (reference encoding, UNet steps, VAE decode), per-step time, peak memory and, on a GPU,
-the achieved TFLOP/s against the cost model of SPEC 5 (FLOPs counted on the meta device).
+the achieved TFLOP/s against the cost model of SPEC 5 (FLOPs counted on the meta device). With `--old DIR` (a folder
+holding an earlier `aa/` package) it compares that code with this one instead (tools/bench_compare.py): alternating
+runs in fresh processes, the same sizes, inputs and threads.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ if __package__ in (None, ""):  # run as `python tools/bench_pipeline.py`: make t
 
 from aa import config, pipeline  # noqa: E402
 from aa.models import Models  # noqa: E402
+from aa.step import prepare_unet  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -44,9 +48,9 @@ def timed(fn, device: torch.device):
 
 
 def unet_flops(cfg: config.ModelConfig, frames: int, height: int, width: int, guidance: bool) -> dict[str, float]:
-    """FLOPs of one denoising step (both guidance branches), one ReferenceNet pass and one VAE decode per frame,
-    counted on the meta device."""
-    with torch.device("meta"):
+    """FLOPs of one denoising step (both guidance branches), one ReferenceNet pass, the Pose Guider over the window
+    and one VAE decode per frame, counted on the meta device."""
+    with torch.device("meta"), torch.inference_mode():
         m = Models.build(cfg)
         h, w = height // 8, width // 8
         ctx = torch.zeros(1, 1, cfg.unet.context_dim)
@@ -59,8 +63,10 @@ def unet_flops(cfg: config.ModelConfig, frames: int, height: int, width: int, gu
         with FlopCounterMode(display=False) as fc:
             m.unet(torch.zeros(b * frames, 4, h, w), 500, ctx.repeat(b, 1, 1), ref_kv=kv,
                    pose_features=torch.zeros(b * frames, cfg.unet.block_out_channels[0], h, w), num_frames=frames)
-            m.pose_guider(torch.zeros(frames, 3, height, width))
         counts["step"] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            m.pose_guider(torch.zeros(frames, 3, height, width))
+        counts["pose_guider"] = fc.get_total_flops()  # once per video (aa/step.py)
         with FlopCounterMode(display=False) as fc:
             m.vae.decode(torch.zeros(1, 4, h, w))
         counts["decode_per_frame"] = fc.get_total_flops()
@@ -103,7 +109,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed repeats for --kv-only")
     p.add_argument("--kv-only", action="store_true", help="only compare cached and per-frame reference K/V")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet first (CUDA)")
-    args = p.parse_args(argv)
+    p.add_argument("--offload", action="store_true", help="ReferenceNet and CLIP to the CPU after encoding")
+    p.add_argument("--old", type=Path, help="compare with the aa/ package in this folder (tools/bench_compare.py)")
+    args, rest = p.parse_known_args(argv)
+    if args.old is not None:
+        from tools.bench_compare import main as compare
+        compare(["--old", str(args.old), *rest])
+        return
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
 
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if device.type == "cuda" else torch.float32
@@ -117,10 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.kv_only:
         bench_kv(models, args, device, dtype)
         return
-    if args.compile:
-        models.unet = torch.compile(models.unet)
+    prepare_unet(models.unet, models.pose_guider, compile=args.compile)
 
-    settings = pipeline.Settings(steps=args.steps, guidance=args.guidance, window=args.window, dtype=dtype)
+    settings = pipeline.Settings(steps=args.steps, guidance=args.guidance, window=args.window, dtype=dtype,
+                                 offload=args.offload)
     rng = np.random.default_rng(0)
     ref = rng.integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
     poses = rng.integers(0, 256, (args.frames, args.height, args.width, 3), dtype=np.uint8)
@@ -148,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
 
     flops = unet_flops(cfg, min(args.frames, args.window), args.height, args.width, args.guidance != 1.0)
     windows = -(-max(args.frames - args.window, 0) // (args.window - 4)) + 1
-    work = flops["reference"] + flops["step"] * args.steps * windows + flops["decode_per_frame"] * args.frames
+    work = flops["reference"] + flops["step"] * args.steps * windows + flops["decode_per_frame"] * args.frames \
+        + flops["pose_guider"] * args.frames / min(args.frames, args.window)
     print(f"\n{args.frames} frames at {args.width}x{args.height}, {args.steps} steps, guidance {args.guidance}, "
           f"{device} {str(dtype).removeprefix('torch.')}")
     print(f"  total          {total:8.2f} s")
