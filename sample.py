@@ -10,6 +10,7 @@ Weights: a native folder written by train.py (`--weights`, default the bundled d
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from aa import config, pipeline
+from aa.safety import EXIT_USAGE, StopSignals, Stopped, check_device, check_distinct, check_number, check_output, \
+    write_failure
+from aa.step import prepare_unet
 from aa.video import VideoError, read_frames_folder, read_image, read_video, video_info, write_video
 from aa.weights import WeightsError
 from aa.weights.sources import demo_missing, load_for_sampling
@@ -53,8 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     io.add_argument("--sheet", type=Path, help="also write a PNG contact sheet (reference, poses, frames) here")
     io.add_argument("--fps", type=float, help="frame rate of the output (default: the pose video's, else 8)")
     io.add_argument("--frames", type=int, help="animate only the first N poses")
-    io.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the model's training size)")
-    io.add_argument("--height", type=int, help="output height, a multiple of 8 (default: the model's)")
+    io.add_argument("--width", type=int, help="output width, a multiple of the model's size factor (the VAE's "
+                                              "downscale x 2^(UNet levels - 1): 64 for SD 1.5, 32 for the demo) "
+                                              "(default: the model's training size); also the canvas of keypoints "
+                                              "JSON without one")
+    io.add_argument("--height", type=int, help="output height, the same multiple (default: the model's); keypoints "
+                                               "JSON without a canvas size and no --width/--height is taken to be "
+                                               "in the reference image's pixels")
 
     w = p.add_argument_group("weights (see weights/README.md)")
     w.add_argument("--weights", type=Path, help=f"a native checkpoint folder from train.py (default: {DEMO})")
@@ -86,18 +95,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="move the window seams at every step")
     s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: cuda if available, else cpu)")
-    s.add_argument("--dtype", choices=sorted(DTYPES), help="weights and autocast precision on CUDA (default fp16); "
-                                                           "the CPU always runs fp32")
+    s.add_argument("--dtype", choices=sorted(DTYPES), help="precision of the weights on CUDA (default fp16); the "
+                                                           "networks run in it, without autocast; the CPU runs fp32")
+    s.add_argument("--compile", action="store_true", help="torch.compile the denoising UNet (static shapes; the "
+                                                          "first step of each window length compiles)")
+    s.add_argument("--offload", action="store_true", default=None,
+                   help="move the ReferenceNet and CLIP encoder to the CPU once the reference is encoded "
+                        "(SD weights: 2.2 GB less on the device, for 8 GB cards)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
 
-def read_keypoints(args: argparse.Namespace, path: Path) -> tuple[list | None, float | None]:
-    """Keypoints from a JSON file or folder, or extracted from a driving video/image folder (--extract); None if
-    --pose holds rendered pose images."""
+def check_args(args: argparse.Namespace) -> torch.device:
+    """Every flag that can be checked without the weights (ValueError naming the flag); returns the device."""
+    for flag, value in (("--steps", args.steps), ("--window", args.window), ("--frames", args.frames),
+                        ("--width", args.width), ("--height", args.height)):
+        check_number(flag, value, minimum=1)
+    check_number("--overlap", args.overlap, minimum=0)
+    if args.window is not None and args.overlap is not None and args.overlap >= args.window:
+        raise ValueError(f"--overlap must be smaller than --window, got {args.overlap} >= {args.window}")
+    check_number("--guidance", args.guidance)
+    check_number("--fps", args.fps, above=0)
+    outputs = {"--out": args.out, "--side-by-side": args.side_by_side, "--sheet": args.sheet}
+    for flag, path in outputs.items():
+        check_output(flag, path, ".png" if flag == "--sheet" else ".mp4")
+    check_distinct(outputs)
+    for flag, path in (("--ref", args.ref), ("--pose", args.pose), ("--ref-pose", args.ref_pose)):
+        if path is not None and not path.exists():
+            raise ValueError(f"{flag} {path}: no such file or folder")
+    return check_device(args.device)
+
+
+def read_keypoints(args: argparse.Namespace, path: Path, canvas: tuple[int, int]) -> tuple[list | None, float | None]:
+    """Keypoints from a JSON file or folder (`canvas` (w, h): the pixel size of files that don't record one, like
+    OpenPose's own), or extracted from a driving video/image folder (--extract); None if --pose holds rendered pose
+    images."""
     from aa.pose import load_json
     if path.suffix.lower() == ".json" or (path.is_dir() and any(path.glob("*.json"))):
-        return load_json(path)[:args.frames], None
+        return load_json(path, *canvas)[:args.frames], None
     if args.extract is None:
         return None, None
     from aa.pose_extract import extract_poses
@@ -110,18 +145,17 @@ def read_keypoints(args: argparse.Namespace, path: Path) -> tuple[list | None, f
     return extract_poses(frames[:args.frames], args.extract, ROOT / "weights", progress=not args.quiet), fps
 
 
-def load_poses(args: argparse.Namespace, path: Path, reference: np.ndarray, width: int,
-               height: int) -> tuple[np.ndarray, float | None]:
+def load_poses(args: argparse.Namespace, path: Path, reference: np.ndarray, width: int, height: int,
+               keypoints: list | None, fps: float | None) -> tuple[np.ndarray, float | None]:
     """Pose images (f, height, width, 3) uint8 and the driving video's fps (if any): rendered from keypoints
-    (retargeted with --align), or read from a pose video or image folder and resized."""
-    keypoints, fps = read_keypoints(args, path)
+    (from `read_keypoints`, retargeted with --align), or read from a pose video or image folder and resized."""
     if keypoints is not None:
         from aa.pose_render import render_pose
         if args.align:
             from aa.pose import load_json
             from aa.retarget import retarget
             if args.ref_pose:
-                ref_pose = load_json(args.ref_pose)[0]
+                ref_pose = load_json(args.ref_pose, reference.shape[1], reference.shape[0])[0]
             else:
                 from aa.pose_extract import extract_poses
                 ref_pose = extract_poses([reference], args.extract or "mediapipe", ROOT / "weights", video=False)[0]
@@ -136,6 +170,8 @@ def load_poses(args: argparse.Namespace, path: Path, reference: np.ndarray, widt
         info = video_info(path)
         fps = info.fps
         images = read_video(path, range(min(info.frames, args.frames or info.frames)))
+    if len(images) == 0:
+        raise ValueError(f"--pose {path}: no frames")
     if images.shape[1:3] != (height, width):
         images = np.stack([np.asarray(Image.fromarray(im).resize((width, height), Image.Resampling.BILINEAR))
                            for im in images])
@@ -155,44 +191,52 @@ def contact_sheet(reference: np.ndarray, poses: np.ndarray, frames: np.ndarray, 
 
 
 def save_png(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    """Write a PNG atomically: beside `path`, then renamed; nothing is left on failure."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        image.save(tmp, format="PNG")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def animate_to_files(args: argparse.Namespace, written: list[Path]) -> None:
+    """Check the inputs, load the weights, animate, write the outputs (appending each finished one to `written`)."""
     demo = not any([args.weights, args.moore, args.unet])
     ref_path = args.ref or (DEMO / "reference.png" if demo else None)
     pose_path = args.pose or (DEMO / "poses.json" if demo else None)
-    try:
-        if ref_path is None or pose_path is None:
-            raise ValueError("--ref and --pose are required unless the bundled demo model is used")
-        reference = read_image(ref_path)  # RGB uint8; fails early on a missing or unreadable file
-        device = torch.device(args.device)
-        dtype = DTYPES[args.dtype or "fp16"] if device.type == "cuda" else torch.float32
-        t0 = time.time()
-        if demo and not (DEMO / "config.json").is_file():
-            raise demo_missing(DEMO)
-        models, sampling, size = load_for_sampling(
-            weights=DEMO if demo else args.weights, moore=args.moore, unet=args.unet,
-            reference_unet=args.reference_unet, motion=args.motion, pose_guider=args.pose_guider, vae=args.vae,
-            clip=args.clip, cfg=MODELS[args.model](), dtype=dtype, device=device)
-        width, height = args.width or size[0], args.height or size[1]
-        poses, fps = load_poses(args, pose_path, reference, width, height)
-    except (ValueError, VideoError, WeightsError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    device = check_args(args)
+    if ref_path is None or pose_path is None:
+        raise ValueError("--ref and --pose are required unless the bundled demo model is used")
+    reference = read_image(ref_path)  # RGB uint8; fails early on a missing or unreadable file
+    keypoints, fps = read_keypoints(args, pose_path, (args.width or reference.shape[1],
+                                                      args.height or reference.shape[0]))
+    if keypoints is None and pose_path.is_file():
+        video_info(pose_path)  # a bad pose video fails before the weights load
+    dtype = DTYPES[args.dtype or "fp16"] if device.type == "cuda" else torch.float32
+    t0 = time.time()
+    if demo and not (DEMO / "config.json").is_file():
+        raise demo_missing(DEMO)
+    models, sampling, size = load_for_sampling(
+        weights=DEMO if demo else args.weights, moore=args.moore, unet=args.unet,
+        reference_unet=args.reference_unet, motion=args.motion, pose_guider=args.pose_guider, vae=args.vae,
+        clip=args.clip, cfg=MODELS[args.model](), dtype=dtype, device=device)
+    width, height = args.width or size[0], args.height or size[1]
+    if width % models.size_multiple or height % models.size_multiple:
+        raise ValueError(f"--width and --height must be multiples of {models.size_multiple} for this model, got "
+                         f"{width}x{height}")
+    poses, fps = load_poses(args, pose_path, reference, width, height, keypoints, fps)
     recorded = pipeline.with_overrides(pipeline.PRESETS[args.preset](), **sampling)  # the weights' defaults
     settings = pipeline.with_overrides(
         recorded, steps=args.steps, guidance=args.guidance, window=args.window, overlap=args.overlap,
-        blend=args.blend, shift_windows=args.shift_windows, dtype=dtype)
+        blend=args.blend, shift_windows=args.shift_windows, dtype=dtype, offload=args.offload)
+    prepare_unet(models.unet, models.pose_guider, compile=args.compile)
     fps = args.fps or fps or sampling.get("fps", 8)
+    chunks = pipeline.animate_iter(models, reference, poses, settings, width=width, height=height,
+                                   seed=args.seed, progress=not args.quiet)  # checks the settings
     if not args.quiet:
         print(f"loaded weights in {time.time() - t0:.1f}s; animating {len(poses)} frames at {width}x{height} on "
               f"{device} ({settings.steps} steps, guidance {settings.guidance})")
-    chunks = pipeline.animate_iter(models, reference, poses, settings, width=width, height=height,
-                                   seed=args.seed, progress=not args.quiet)
     keep = args.side_by_side is not None or args.sheet is not None
     kept: list[np.ndarray] = []
 
@@ -202,19 +246,44 @@ def main(argv: list[str] | None = None) -> int:
                 kept.append(chunk)
             yield from chunk
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for path in (args.out, args.side_by_side, args.sheet):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
     write_video(args.out, tqdm(frames(), total=len(poses), desc="writing", unit="frame", disable=args.quiet), fps)
+    written.append(args.out)
     if keep:
         result = np.concatenate(kept)
         ref_small = np.asarray(Image.fromarray(reference).resize((width, height), Image.Resampling.LANCZOS))
         if args.side_by_side:
             write_video(args.side_by_side, (np.concatenate([ref_small, p, f], axis=1) for p, f in zip(poses, result)),
                         fps)
+            written.append(args.side_by_side)
         if args.sheet:
             save_png(contact_sheet(reference, poses, result), args.sheet)
+            written.append(args.sheet)
     if not args.quiet:
         print(f"wrote {args.out} ({len(poses)} frames, {fps:g} fps) in {time.time() - t0:.1f}s")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `animate_to_files`; any bad input, failed write, SIGTERM or Ctrl-C ends in one `error:` line, and then
+    none of the outputs is left behind (exit code 2, or 128 + the signal's number)."""
+    args = parse_args(argv)
+    written: list[Path] = []
+    try:
+        with StopSignals(raise_now=True):
+            animate_to_files(args, written)
+        return 0
+    except (ValueError, VideoError, WeightsError, FileNotFoundError, ImportError) as e:
+        message, code = str(e), EXIT_USAGE
+    except OSError as e:
+        message, code = write_failure(Path(e.filename or args.out), e), EXIT_USAGE
+    except Stopped as e:
+        message, code = f"{e}; no output written", e.code
+    for path in written:
+        path.unlink(missing_ok=True)
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

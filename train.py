@@ -14,7 +14,10 @@ import argparse
 import logging
 import sys
 from dataclasses import fields
+from pathlib import Path
 
+from aa.data import read_manifests
+from aa.safety import EXIT_USAGE, StopSignals, Stopped, check_device, check_folder, check_number, write_failure
 from aa.training.loop import AMP, TrainConfig, train
 from aa.training.setup import PRESETS
 
@@ -46,14 +49,18 @@ HELP = {
     "clip_grad": "gradient norm clipping (0: off)",
     "mixed_precision": "autocast: 'no', 'bf16', or 'fp16' with a gradient scaler (CUDA only)",
     "gradient_checkpointing": "recompute UNet activations in backward (much less memory, ~30%% slower)",
+    "frozen_dtype": "store the weights that don't train in 'bf16' or 'fp16' (halves their memory; needs "
+                    "--mixed-precision; they are saved in this dtype too) or 'fp32'",
     "prediction": "what the UNet predicts: 'v' or 'eps'",
     "zero_snr": "rescale the noise schedule to zero terminal SNR",
     "min_snr_gamma": "min-SNR-gamma loss weighting (a negative value turns it off)",
+    "snr_weighting": "v-prediction's min-SNR weight: 'released' min(SNR+1, g)/(SNR+1) as Moore trained, or 'hang' "
+                     "min(SNR, g)/(SNR+1) (0 at zero SNR)",
     "noise_offset": "per-video, per-channel offset noise scale",
     "uncond_rate": "fraction of samples trained unconditionally (zero CLIP embedding, no reference)",
     "reference": "use the ReferenceNet (--no-reference: image-encoder cross-attention only, the paper's ablation)",
-    "width": "training width in pixels (multiple of 8)",
-    "height": "training height in pixels (multiple of 8)",
+    "width": "training width in pixels (a multiple of the model's size factor: 64 for SD 1.5)",
+    "height": "training height in pixels (the same multiple)",
     "frames": "stage 2: frames per clip",
     "stride": "stage 2: step between the frames of a clip",
     "min_ref_distance": "stage 1: minimum distance in frames between the target and the reference frame",
@@ -70,7 +77,9 @@ HELP = {
     "device": "torch device (default: this process's GPU if there is one, else cpu)",
 }
 
-CHOICES = {"stage": [1, 2], "model": sorted(PRESETS), "mixed_precision": sorted(AMP), "prediction": ["v", "eps"]}
+CHOICES = {"stage": [1, 2], "model": sorted(PRESETS), "mixed_precision": sorted(AMP), "prediction": ["v", "eps"],
+           "frozen_dtype": ["fp32", "bf16", "fp16"],
+           "snr_weighting": ["released", "hang"]}
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
@@ -95,14 +104,54 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     return cfg, args
 
 
+def check_args(cfg: TrainConfig, args: argparse.Namespace) -> None:
+    """Every flag that can be checked before the models are built (ValueError naming the flag); the size against
+    the model's real factor is checked in `train` right after building."""
+    at_least = {"steps": 1, "batch_size": 1, "grad_accum": 1, "save_every": 1, "log_every": 1, "frames": 1,
+                "stride": 1, "width": 1, "height": 1, "val_steps": 1, "warmup": 0, "decay": 0, "keep": 0,
+                "val_every": 0, "workers": 0, "min_ref_distance": 0, "weight_decay": 0, "clip_grad": 0,
+                "noise_offset": 0, "uncond_rate": 0}
+    for name, minimum in at_least.items():
+        check_number("--" + name.replace("_", "-"), getattr(cfg, name), minimum=minimum)
+    check_number("--lr", cfg.lr, above=0)
+    check_number("--min-snr-gamma", cfg.min_snr_gamma)
+    if cfg.uncond_rate > 1:
+        raise ValueError(f"--uncond-rate is a fraction in [0, 1], got {cfg.uncond_rate}")
+    if cfg.device:
+        check_device(cfg.device)
+    read_manifests(cfg.data)  # each a readable, well-formed manifest
+    if cfg.val_data:
+        read_manifests(cfg.val_data)
+    check_folder("--out", Path(cfg.out))
+    for flag in ("export", "export_moore"):
+        if getattr(args, flag):
+            check_folder("--" + flag.replace("_", "-"), Path(getattr(args, flag)))
+    for name in ("init", "sd_unet", "vae", "clip", "pose_guider_init", "stage1", "motion"):
+        if getattr(cfg, name) and not Path(getattr(cfg, name)).exists():
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: no such file or folder")
+    if cfg.resume not in (None, "auto") and not (Path(cfg.resume) / "train_state.pt").is_file():
+        raise ValueError(f"--resume {cfg.resume}: not a checkpoint folder (no train_state.pt); or pass 'auto'")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Train; a bad input or failed write ends in one `error:` line (exit 2); SIGTERM or Ctrl-C saves a checkpoint
+    of the current step and exits with one line (code 128 + the signal's number)."""
     cfg, args = parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # e.g. "WARNING aa.data: skipping x.mp4: ..."
     try:
-        last = train(cfg)
+        check_args(cfg, args)
+        with StopSignals() as stop:
+            last = train(cfg, stop)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except OSError as e:
+        print(f"error: {(e.strerror or str(e)) if e.filename is None else write_failure(Path(e.filename), e)}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except Stopped as e:
+        print(str(e), file=sys.stderr)
+        return e.code
     import torch.distributed as dist
     if last is not None and (not dist.is_initialized() or dist.get_rank() == 0):
         from aa.weights.native import export_folder, export_moore, load_models

@@ -44,6 +44,12 @@ class Models:
         if guider_scale != self.vae.downscale:
             raise ValueError(f"the Pose Guider downsamples {guider_scale}x but the VAE {self.vae.downscale}x")
 
+    @property
+    def size_multiple(self) -> int:
+        """Output width and height must be multiples of this: the VAE's downscale times the UNet's (one 2x
+        downsampler per level but the last; odd latent sizes break the skip connections)."""
+        return self.vae.downscale * 2 ** (len(self.unet.cfg.block_out_channels) - 1)
+
     @classmethod
     def build(cls, cfg: ModelConfig) -> "Models":
         """Randomly initialised networks of a configuration (tests, benchmarks, training from scratch)."""

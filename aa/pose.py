@@ -54,20 +54,48 @@ def pose_to_openpose(pose: Pose) -> dict:
     return {"version": 1.3, "canvas_width": pose.width, "canvas_height": pose.height, "people": [person]}
 
 
+# OpenPose's own layouts that we map onto ours: {JSON key: {points in the file: the file's points we keep}}
+OPENPOSE_LAYOUTS = {
+    # the default BODY_25 model: drop MidHip (8) and the six foot points (19-24)
+    "pose_keypoints_2d": {25: (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)},
+    # OpenPose's 70 face points are the 68 of iBUG (ours, DWPose's) plus the two pupils
+    "face_keypoints_2d": {70: tuple(range(68))},
+}
+
+
+def _keypoints(person: dict, key: str, n: int) -> np.ndarray:
+    """One `*_keypoints_2d` list of a person as (n, 3); missing or empty gives all-missing points."""
+    values = person.get(key) or []
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               for v in values):
+        raise ValueError(f"'{key}' must be a list of numbers (x, y, c per point)")
+    other = OPENPOSE_LAYOUTS.get(key, {})
+    if len(values) in (3 * k for k in other):
+        return np.asarray(values, np.float32).reshape(-1, 3)[list(other[len(values) // 3])]
+    if len(values) not in (0, 3 * n):
+        expected = " or ".join(str(3 * k) for k in (n, *other))
+        raise ValueError(f"'{key}' has {len(values)} numbers, expected {expected}: x, y, c per point")
+    return np.asarray(values, np.float32).reshape(n, 3) if values else _missing(n)
+
+
 def pose_from_openpose(frame: dict, width: int | None = None, height: int | None = None) -> Pose:
-    """Inverse of `pose_to_openpose`; the first person of the frame (an empty frame gives a pose with no points)."""
-    width = int(frame.get("canvas_width", width or 0))
-    height = int(frame.get("canvas_height", height or 0))
+    """Inverse of `pose_to_openpose`, and OpenPose's own `--write_json` frames (COCO-18 or BODY_25 body, 70-point
+    face; no canvas size: pass width and height); the first person of the frame (no person: no points)."""
+    if not isinstance(frame, dict):
+        raise ValueError(f"an OpenPose frame is a JSON object with 'people', got {type(frame).__name__}")
+    try:
+        width = int(frame.get("canvas_width", width or 0))
+        height = int(frame.get("canvas_height", height or 0))
+    except (TypeError, ValueError):
+        raise ValueError("canvas_width/canvas_height must be integers") from None
     if width <= 0 or height <= 0:
         raise ValueError("OpenPose frame has no canvas_width/canvas_height: pass width and height")
-    people = frame.get("people") or [{}]
-    parts = {}
-    for name, key in _JSON_FIELDS:
-        values = people[0].get(key) or []
-        n = {"body": BODY_POINTS, "face": FACE_POINTS}.get(name, HAND_POINTS)
-        if len(values) not in (0, 3 * n):
-            raise ValueError(f"OpenPose '{key}' has {len(values)} numbers, expected {3 * n} (x, y, c per point)")
-        parts[name] = np.asarray(values, np.float32).reshape(n, 3) if values else _missing(n)
+    people = frame.get("people", [])
+    if not isinstance(people, list) or not all(isinstance(p, dict) for p in people):
+        raise ValueError("'people' must be a list of objects (one per person)")
+    person = people[0] if people else {}
+    parts = {name: _keypoints(person, key, {"body": BODY_POINTS, "face": FACE_POINTS}.get(name, HAND_POINTS))
+             for name, key in _JSON_FIELDS}
     return Pose(width, height, **parts)
 
 
@@ -80,8 +108,9 @@ def save_json(path: str | os.PathLike, poses: list[Pose]) -> None:
 
 
 def load_json(path: str | os.PathLike, width: int | None = None, height: int | None = None) -> list[Pose]:
-    """Read a pose sequence: one file per video ({"frames": [...]}), one OpenPose file (a single frame),
-    or a folder of per-frame OpenPose files (sorted by name)."""
+    """Read a pose sequence: one file per video ({"frames": [...]} or a bare list of frames), one OpenPose file (a
+    single frame), or a folder of per-frame OpenPose files (sorted by name). `width` x `height` is the canvas of
+    frames that don't record one (OpenPose's own). Any malformed structure is a ValueError naming the file."""
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("*.json"))
@@ -90,10 +119,20 @@ def load_json(path: str | os.PathLike, width: int | None = None, height: int | N
         return [p for f in files for p in load_json(f, width, height)]
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"{path}: not a readable keypoints JSON file ({e})") from None
-    frames = data["frames"] if isinstance(data, dict) and "frames" in data else [data]
-    return [pose_from_openpose(fr, width, height) for fr in frames]
+    frames = data.get("frames", [data]) if isinstance(data, dict) else data
+    if not isinstance(frames, list) or not frames:
+        got = f"'frames': {json.dumps(frames)[:40]}" if isinstance(data, dict) else json.dumps(data)[:40]
+        raise ValueError(f"{path}: expected {{\"frames\": [OpenPose frame, ...]}} or one OpenPose frame "
+                         f"{{\"people\": [...]}}, got {got}")
+    poses = []
+    for i, frame in enumerate(frames):
+        try:
+            poses.append(pose_from_openpose(frame, width, height))
+        except ValueError as e:
+            raise ValueError(f"{path}: frame {i}: {e}") from None
+    return poses
 
 
 def save_json_frames(folder: str | os.PathLike, poses: list[Pose], prefix: str = "frame") -> list[Path]:

@@ -20,6 +20,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from .safety import write_failure
+
 # x264's output depends on its thread count: fix it so the same frames give the same bytes on every machine.
 _X264_THREADS = 4
 _BT709 = 1  # AVCOL_SPC / AVCOL_PRI / AVCOL_TRC value for BT.709; AVCOL_RANGE 1 = limited ("tv") range
@@ -252,6 +254,8 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
             container.mux(stream.encode(None))
         os.replace(tmp, path)
     except av.FFmpegError as e:
+        if isinstance(e, OSError) and e.errno is not None:  # disk full, file too large, no permission
+            raise VideoError(write_failure(path, e)) from None
         raise VideoError(f"{path}: encoding failed ({e})") from None
     finally:
         tmp.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ result on any number of processes and when resumed.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
@@ -25,13 +26,15 @@ from .. import pipeline
 from ..data import DataConfig, PoseVideoDataset, read_manifests
 from ..models import NAMES, Models
 from ..video import VideoError, video_info
-from .checkpoint import latest_checkpoint, load_train_state, save_checkpoint
+from ..safety import StopSignals, Stopped
+from .checkpoint import clean_stale, latest_checkpoint, load_train_state, save_checkpoint, step_dir
 from .objective import Objective, Trainable, draw_noise, encode
 from .parallel import is_sharded, load_optimizer_state, network_states, optimizer_state, setup_distributed, wrap
 from .sampler import Layout, micro_batch
-from .setup import build_models
+from .setup import build_models, cast_frozen
 
 AMP = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+ENCODE_CHUNK = 8  # frames per VAE encoder call: its full-resolution activations are ~0.4 GB a frame at 512x512
 
 
 @dataclass
@@ -61,9 +64,11 @@ class TrainConfig:
     clip_grad: float = 1.0
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    frozen_dtype: str = "fp32"
     prediction: str = "v"
     zero_snr: bool = True
     min_snr_gamma: float | None = 5.0
+    snr_weighting: str = "released"
     noise_offset: float = 0.05
     uncond_rate: float = 0.1
     reference: bool = True
@@ -91,7 +96,7 @@ class TrainConfig:
     def objective(self) -> Objective:
         """The loss options (the schedule is the one SD was trained with: scaled_linear)."""
         return Objective(self.prediction, "scaled_linear", self.zero_snr, self.min_snr_gamma, self.noise_offset,
-                         self.uncond_rate, reference=self.reference)
+                         self.uncond_rate, reference=self.reference, snr_weighting=self.snr_weighting)
 
     def sampling(self) -> dict:
         """What inference must use with these weights (recorded in every checkpoint's config.json)."""
@@ -108,6 +113,11 @@ class TrainConfig:
             raise ValueError(f"--mixed-precision must be one of {sorted(AMP)}, got {self.mixed_precision!r}")
         if self.mixed_precision == "fp16" and device.type != "cuda":
             raise ValueError("--mixed-precision fp16 needs CUDA (its gradient scaler); use bf16 on the CPU")
+        if self.frozen_dtype not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"--frozen-dtype must be fp32, bf16 or fp16, got {self.frozen_dtype!r}")
+        if self.frozen_dtype != "fp32" and (self.mixed_precision == "no" or self.fsdp):
+            raise ValueError("--frozen-dtype needs --mixed-precision (autocast reads the weights in low precision) "
+                             "and does not go with --fsdp (its units need one dtype)")
         if self.prediction not in ("v", "eps"):
             raise ValueError(f"--prediction must be 'v' or 'eps', got {self.prediction!r}")
         if self.width % 8 or self.height % 8:
@@ -124,14 +134,20 @@ class Trainer:
     def __init__(self, models: Models, cfg: TrainConfig, world: int, device: torch.device) -> None:
         self.models, self.cfg, self.device = models, cfg, device
         self.obj = cfg.objective()
+        if cfg.frozen_dtype != "fp32":
+            cast_frozen(models, AMP[cfg.frozen_dtype])
         self.trainable = Trainable(models, self.obj).to(device)
         for net in (models.unet, models.reference_net):
             net.gradient_checkpointing = cfg.gradient_checkpointing
-        self.model = wrap(self.trainable, cfg.fsdp, world, device)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]  # after wrap: FSDP swaps them
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, cfg))
         amp = AMP[cfg.mixed_precision]
+        self.model = wrap(self.trainable, cfg.fsdp, world, device, amp)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # after wrap: FSDP swaps them
+        # the fused kernel: on CUDA the default foreach one holds a temporary the size of all trained weights; on the
+        # CPU it is 3.5x faster (tools/bench_train.py --profile), not used under FSDP there (DTensor parameters)
+        fused = device.type == "cuda" or (device.type == "cpu" and not cfg.fsdp)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           fused=True if fused else None)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, cfg))
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         self.autocast = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
         vae = models.vae
@@ -141,14 +157,15 @@ class Trainer:
         """The mean loss of one micro-batch (from `PoseVideoDataset`), its noise drawn from the samples' seeds."""
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         noise = draw_noise(seeds, self.cfg.clip_frames, self.latent, self.obj)
-        z0 = encode(self.models.vae, batch["target"].flatten(0, 1), noise.vae_target)  # (b f) c h w
+        chunks = zip(batch["target"].flatten(0, 1).split(ENCODE_CHUNK), noise.vae_target.split(ENCODE_CHUNK))
+        z0 = torch.cat([encode(self.models.vae, x, eps) for x, eps in chunks])  # (b f) c h w
         ref = encode(self.models.vae, batch["reference"], noise.vae_reference)  # b c h w
         return self.model(z0, ref, batch["clip"], batch["pose"].flatten(0, 1), noise)
 
     def step(self, micro_batches: Iterable[tuple[list[int], dict[str, Tensor]]]) -> float:
         """One optimizer step; returns this process's mean loss over the `cfg.grad_accum` micro-batches."""
         self.optimizer.zero_grad(set_to_none=True)
-        total, n = 0.0, self.cfg.grad_accum
+        total, n = torch.zeros((), dtype=torch.float64, device=self.device), self.cfg.grad_accum
         for k, (seeds, batch) in zip(range(n), micro_batches):
             # DDP: average gradients across processes only after the last micro-batch
             sync = k == n - 1 or not hasattr(self.model, "no_sync")
@@ -156,14 +173,14 @@ class Trainer:
                 with self.autocast:
                     loss = self.loss(seeds, batch) / n
                 self.scaler.scale(loss).backward()
-            total += loss.item()
+            total += loss.detach()  # summed in fp64 like Python floats; read once per step (one host sync)
         self.scaler.unscale_(self.optimizer)
         if self.cfg.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.schedule.step()
-        return total
+        return total.item()
 
     def state(self) -> dict:
         """Optimizer, schedule and scaler state (gathered whole under FSDP: call on every rank)."""
@@ -225,13 +242,31 @@ def resume_from(cfg: TrainConfig, run: Path) -> Path | None:
     return Path(cfg.resume) if cfg.resume else None
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run training; returns the last checkpoint folder."""
+def stop_requested(stop: StopSignals | None, world: int, device: torch.device) -> int:
+    """The stop signal's number if any process got one (all processes agree), else 0."""
+    if stop is None:  # the same in every process
+        return 0
+    signum = stop.signum
+    if world > 1:
+        flag = torch.tensor([signum], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        signum = int(flag.item())
+    return signum
+
+
+def train(cfg: TrainConfig, stop: StopSignals | None = None) -> Path:
+    """Run training; returns the last checkpoint folder. When `stop` reports a signal, a checkpoint of the current
+    step is saved and `Stopped` raised."""
     rank, world, device = setup_distributed(cfg.device)
     cfg.check(device)
     torch.manual_seed(cfg.seed)  # the same random init in every process
     run = Path(cfg.out)
+    if rank == 0:
+        clean_stale(run)  # temp folders of killed runs
     models, trainable_names = build_models(cfg)
+    if cfg.width % models.size_multiple or cfg.height % models.size_multiple:
+        raise ValueError(f"--width and --height must be multiples of {models.size_multiple} for this model, got "
+                         f"{cfg.width}x{cfg.height}")
     models.to(device)
     frozen_names = tuple(n for n in NAMES if n not in trainable_names)
 
@@ -280,7 +315,8 @@ def train(cfg: TrainConfig) -> Path:
                 log_file.write(json.dumps({"step": step, "loss": loss, "lr": lr, "samples_per_s": rate,
                                            "time": time.time()}) + "\n")
                 log_file.flush()
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        stopping = stop_requested(stop, world, device)
+        if step % cfg.save_every == 0 or step == cfg.steps or stopping:
             states = network_states(trainer.model, models, NAMES)  # a collective under FSDP
             train_state = trainer.state()
             if rank == 0:
@@ -288,6 +324,10 @@ def train(cfg: TrainConfig) -> Path:
                                        cfg.sampling(), cfg.keep, states)
             if world > 1:
                 dist.barrier()
+        if stopping:
+            bar.close()
+            raise Stopped(stopping, f"stopped by {signal.Signals(stopping).name} at step {step}; saved "
+                                    f"{step_dir(run, step)}; continue with --resume auto")
         if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
             if is_sharded(trainer.model):  # every rank runs the sharded networks; rank 0 writes the video
                 trainer.model.unshard()
