@@ -1,0 +1,239 @@
+"""Mutation check: break one piece of the conditioning (or one sample.py flag) at a time and confirm a test fails.
+
+    .venv/bin/python tools/mutants.py                  # every mutation; a table; exit 1 if any is missed
+    .venv/bin/python tools/mutants.py -k guidance eta  # only mutations whose name contains one of these words
+    .venv/bin/python tools/mutants.py --list           # the table of mutations, nothing run
+    .venv/bin/python tools/mutants.py --jobs 2         # two mutations at a time (each in its own copy)
+
+The repository (git ls-files plus untracked files git does not ignore, as they are in the work tree now) is copied
+once per job into a temporary folder. For each mutation one exact text replacement is made in one file of the copy,
+`python -m pytest -q -x <its test files>` runs there (OMP_NUM_THREADS=1), and the file is restored. A mutation is
+'caught' when a test fails (pytest exit code 1; the table names the first failing test), 'MISSED' when the tests
+pass, 'ERROR' when pytest cannot run them (a mutation that breaks the syntax or the imports proves nothing), and
+'NOT APPLICABLE' when its old text does not occur exactly once: a refactor moved the code, so the mutation must be
+updated (the tool fails loudly rather than test nothing). The unmutated copy runs first and must pass. Exit code 1
+if anything is not caught.
+
+Adding a mutation: append a `Mutation(name, file, old, new, tests)` to MUTATIONS below. `old` is a snippet of the
+file as it is now that occurs exactly once (include a few neighbouring characters to make it unique), `new` its
+broken replacement, `tests` the test files expected to catch it (keep them few: the tool runs them per mutation).
+This is a development tool, not part of the test suite.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COND = ("tests/test_conditioning.py",)
+FLAGS = ("tests/test_sample_flags.py",)
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...] = COND
+
+
+MUTATIONS = [
+    # guidance (aa/pipeline.py guided_prediction)
+    Mutation("guidance-inverted", "aa/pipeline.py", "return uncond + guidance * (cond - uncond)",
+             "return cond + guidance * (uncond - cond)"),
+    Mutation("guidance-cond-only", "aa/pipeline.py", "return uncond + guidance * (cond - uncond)", "return cond"),
+    Mutation("uncond-gets-clip", "aa/pipeline.py", "torch.cat([context, torch.zeros_like(context)])",
+             "torch.cat([context, context])"),
+    Mutation("uncond-gets-reference", "aa/pipeline.py", "torch.zeros_like(context)]), ref_kv=ref_kv,",
+             "torch.zeros_like(context)]), ref_kv=[(torch.cat([k, k]), torch.cat([v, v])) for k, v in ref_kv],"),
+    # reference (aa/pipeline.py, aa/unet.py, aa/reference.py)
+    Mutation("reference-dropped-guided", "aa/pipeline.py", "torch.zeros_like(context)]), ref_kv=ref_kv,",
+             "torch.zeros_like(context)]), ref_kv=None,"),
+    Mutation("reference-dropped-g1", "aa/pipeline.py", "return unet(x, t, context, ref_kv=ref_kv,",
+             "return unet(x, t, context, ref_kv=None,"),
+    Mutation("reference-not-encoded", "aa/pipeline.py", "return context.to(dtype), models.unet.reference_kv(",
+             "return context.to(dtype), None and models.unet.reference_kv("),
+    Mutation("reference-timestep-500", "aa/pipeline.py",
+             "models.reference_net(latent.to(module_dtype(models.reference_net)), context)",
+             "models.reference_net(latent.to(module_dtype(models.reference_net)), context, 500)"),
+    Mutation("reference-default-timestep", "aa/reference.py", "timestep: Tensor | float = 0)",
+             "timestep: Tensor | float = 500)"),
+    Mutation("reference-blocks-swapped", "aa/unet.py", "for t, x in zip(blocks, features)]",
+             "for t, x in zip(blocks, features[:2] + features[:1:-1])]"),
+    Mutation("reference-blocks-reversed", "aa/unet.py", "for t, x in zip(blocks, features)]",
+             "for t, x in zip(blocks, features[::-1])]"),
+    Mutation("reference-features-rotated", "aa/reference.py", "        return features\n",
+             "        return features[1:] + features[:1]\n"),
+    # pose (aa/pipeline.py, aa/unet.py)
+    Mutation("pose-zeroed", "aa/pipeline.py", "pose = pose_features(frames, idx)",
+             "pose = pose_features(frames, idx) * 0"),
+    Mutation("pose-wrong-frames", "aa/step.py", "self.all.index_select(0, index)", "self.all[:len(frames)]"),
+    Mutation("pose-variant-swapped", "aa/pipeline.py", "    if adds_to_latent:", "    if not adds_to_latent:"),
+    Mutation("pose-latent-variant-dropped", "aa/pipeline.py", "x, pose = x + pose, None", "x, pose = x, None"),
+    Mutation("pose-added-after-trunk", "aa/unet.py",
+             "            h = h + pose_features\n        h = self.trunk(h, temb, context, ref_kv, num_frames)\n",
+             "            pass\n        h = self.trunk(h, temb, context, ref_kv, num_frames)\n"
+             "        h = h if pose_features is None else h + pose_features\n"),
+    # windows and blending (aa/step.py)
+    Mutation("blend-always-uniform", "aa/step.py", "blend_weights(len(frames), blend)",
+             "blend_weights(len(frames), 'uniform')"),
+    Mutation("blend-always-triangular", "aa/step.py", "blend_weights(len(frames), blend)",
+             "blend_weights(len(frames), 'triangular')"),
+    Mutation("overlap-ignored", "aa/step.py", "window_schedule(num_frames, window, overlap, wrap, offset=o)",
+             "window_schedule(num_frames, window, 0, wrap, offset=o)"),
+    Mutation("wrap-ignored", "aa/step.py", "window_schedule(num_frames, window, overlap, wrap, offset=o)",
+             "window_schedule(num_frames, window, overlap, False, offset=o)"),
+    Mutation("shift-windows-noop", "aa/step.py", "return step_offset(k, window, overlap) if shift and not wrap else 0",
+             "return 0"),
+    # presets, DDIM, CLIP (aa/pipeline.py)
+    Mutation("moore-is-default", "aa/pipeline.py",
+             'return Settings(beta_schedule="linear", blend="uniform", wrap=True, shift_windows=False, '
+             'clip_mode="pil-squash")', "return Settings()"),
+    Mutation("eta-ignored", "aa/pipeline.py", "s.prediction, s.eta, generator)", "s.prediction, 0.0, generator)"),
+    Mutation("eta-noise-unseeded", "aa/pipeline.py", "manual_seed(seed + 1) if settings.eta > 0 else None",
+             "manual_seed(seed + 1) if settings.eta < 0 else None"),
+    Mutation("clip-mode-ignored-animate", "aa/pipeline.py", "width, height, settings.clip_mode,",
+             'width, height, "squash",'),
+    Mutation("clip-mode-ignored-encode", "aa/pipeline.py", "preprocess(image, mode=clip_mode,",
+             'preprocess(image, mode="squash",'),
+    # sample.py flags
+    Mutation("flag-window-ignored", "sample.py", "window=args.window,", "window=None,", FLAGS),
+    Mutation("flag-overlap-ignored", "sample.py", "overlap=args.overlap,", "overlap=None,", FLAGS),
+    Mutation("flag-shift-windows-ignored", "sample.py", "shift_windows=args.shift_windows,", "shift_windows=None,",
+             FLAGS),
+    Mutation("flag-dtype-ignored", "sample.py", 'DTYPES[args.dtype or "fp16"]', 'DTYPES["fp16"]', FLAGS),
+    Mutation("flag-reference-unet-ignored", "sample.py", "reference_unet=args.reference_unet,",
+             "reference_unet=None,", FLAGS),
+    Mutation("flag-motion-ignored", "sample.py", "motion=args.motion,", "motion=None,", FLAGS),
+    Mutation("flag-pose-guider-ignored", "sample.py", "pose_guider=args.pose_guider,", "pose_guider=None,", FLAGS),
+    Mutation("flag-vae-ignored", "sample.py", "vae=args.vae,", "vae=None,", FLAGS),
+    Mutation("flag-clip-ignored", "sample.py", "clip=args.clip,", "clip=None,", FLAGS),
+    Mutation("flag-unet-ignored", "sample.py", "moore=args.moore, unet=args.unet,", "moore=args.moore, unet=None,",
+             FLAGS),
+    Mutation("flag-face-ignored", "sample.py", "face=args.face)", "face=False)", FLAGS),
+    Mutation("flag-no-hands-ignored", "sample.py", "hands=not args.no_hands,", "hands=True,", FLAGS),
+    Mutation("flag-align-always-global", "sample.py", "method=args.align)", 'method="global")', FLAGS),
+    Mutation("flag-align-always-limbs", "sample.py", "method=args.align)", 'method="limbs")', FLAGS),
+    Mutation("flag-align-ignored", "sample.py", "keypoints = retarget(keypoints, ref_pose, method=args.align)",
+             "keypoints = keypoints", FLAGS),
+    Mutation("flag-extract-ignored", "sample.py", "    if args.extract is None:\n        return None, None",
+             "    if True:\n        return None, None", FLAGS),
+    Mutation("flag-pose-folder-ignored", "sample.py",
+             "    if path.is_dir():\n        images = read_frames_folder(path)[:args.frames]",
+             "    if False:\n        images = read_frames_folder(path)[:args.frames]", FLAGS),
+    Mutation("flag-frames-ignored-for-folders", "sample.py", "images = read_frames_folder(path)[:args.frames]",
+             "images = read_frames_folder(path)", FLAGS),
+]
+
+
+def repository_files(root: Path) -> list[str]:
+    """Tracked files and untracked files git does not ignore, as they are in the work tree (deleted ones left out)."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                         check=True, capture_output=True).stdout.decode()
+    return sorted({f for f in out.split("\0") if f and (root / f).is_file()})
+
+
+def copy_repository(root: Path, target: Path) -> None:
+    for f in repository_files(root):
+        (target / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / f, target / f)
+
+
+def apply(text: str, m: Mutation) -> str | None:
+    """The mutated text, or None when `old` does not occur exactly once."""
+    return text.replace(m.old, m.new) if text.count(m.old) == 1 else None
+
+
+def pytest(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[int | None, float, str]:
+    """Run `tests` in `copy` with -x; returns (exit code or None on timeout, seconds, first failing test id)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    t0 = time.time()
+    try:
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-rfE", "-p", "no:cacheprovider", *tests],
+                           cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, time.time() - t0, ""
+    failed = [line.split()[1] for line in r.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+    return r.returncode, time.time() - t0, failed[0].split("::", 1)[-1] if failed else ""
+
+
+def run_one(m: Mutation, copy: Path, timeout: float) -> tuple[str, float, str]:
+    """Mutate, test, restore; returns (status, seconds, the test that caught it)."""
+    path = copy / m.file
+    original = path.read_text()
+    mutated = apply(original, m)
+    if mutated is None:
+        return f"NOT APPLICABLE (old text found {original.count(m.old)}x)", 0.0, ""
+    path.write_text(mutated)
+    try:
+        code, seconds, first = pytest(copy, m.tests, timeout)
+    finally:
+        path.write_text(original)
+    names = {None: "TIMEOUT", 0: "MISSED", 1: "caught", 5: "MISSED (no tests ran)"}
+    status = names.get(code, f"ERROR (exit {code})")
+    return status, seconds, first
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-k", nargs="+", help="only mutations whose name contains one of these words")
+    p.add_argument("--list", action="store_true", help="print the mutations and exit")
+    p.add_argument("--jobs", type=int, default=1, help="mutations run at a time, each in its own copy")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per mutation's test run")
+    args = p.parse_args(argv)
+    chosen = [m for m in MUTATIONS if not args.k or any(k in m.name for k in args.k)]
+    if args.list:
+        for m in chosen:
+            found = (ROOT / m.file).read_text().count(m.old)
+            print(f"{m.name:32s} {m.file:18s} found {found}x: {m.old!r} -> {m.new!r}  [{' '.join(m.tests)}]")
+        return 0
+    if not chosen:
+        print("no mutation matches", file=sys.stderr)
+        return 2
+    jobs = max(1, min(args.jobs, len(chosen)))
+    with tempfile.TemporaryDirectory(prefix="aa-mutants-") as tmp:
+        copies = [Path(tmp) / f"copy{i}" for i in range(jobs)]
+        for c in copies:
+            copy_repository(ROOT, c)
+        tests = tuple(sorted({t for m in chosen for t in m.tests}))
+        code, seconds, first = pytest(copies[0], tests, args.timeout)  # the unmutated copy must pass
+        if code != 0:
+            print(f"the tests fail without any mutation (exit {code}, {first}): fix that first", file=sys.stderr)
+            return 1
+        print(f"  baseline: {' '.join(tests)} pass ({seconds:.0f}s)", file=sys.stderr, flush=True)
+        queue = list(enumerate(chosen))
+        results: dict[int, tuple[str, float, str]] = {}
+
+        def worker(copy: Path) -> None:
+            while True:
+                try:
+                    i, m = queue.pop(0)
+                except IndexError:  # another worker took the last one
+                    return
+                results[i] = run_one(m, copy, args.timeout)
+                status, seconds, first = results[i]
+                print(f"  {m.name}: {status} ({seconds:.0f}s) {first}", file=sys.stderr, flush=True)
+
+        with ThreadPoolExecutor(jobs) as pool:
+            list(pool.map(worker, copies))
+    print(f"{'mutation':32s} {'file':16s} {'result':16s} {'s':>4s}  caught by")
+    bad = 0
+    for i, m in enumerate(chosen):
+        status, seconds, first = results[i]
+        bad += not status.startswith("caught")
+        print(f"{m.name:32s} {m.file:16s} {status:16s} {seconds:4.0f}  {first}")
+    print(f"{len(chosen) - bad} of {len(chosen)} caught")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
