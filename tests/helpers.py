@@ -2,46 +2,27 @@
 from __future__ import annotations
 
 import json
-import weakref
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from aa.config import UNetConfig, VAEConfig
 
 
-class PeakTensorMemory(TorchDispatchMode):
-    """Tracks the bytes of tensor storages created inside the block that are alive at once; `peak` is the maximum.
-
-    Works on CPU, where torch has no allocator statistics: every op's outputs are registered and released through a
-    weakref finaliser on their storage.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live: dict[int, int] = {}
-        self.current = 0
-        self.peak = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and not t.is_meta:
-                storage = t.untyped_storage()
-                key = storage.data_ptr()
-                if storage.nbytes() == 0 or key in self.live:
-                    continue
-                self.live[key] = storage.nbytes()
-                self.current += storage.nbytes()
-                self.peak = max(self.peak, self.current)
-                weakref.finalize(storage, self._release, key)
-        return out
-
-    def _release(self, key: int) -> None:
-        self.current -= self.live.pop(key, 0)
+def tiny_animation_models() -> "Models":
+    """`config.tiny()` models with a non-zero Pose Guider output and temporal layers (trained ones are not zero), so
+    that poses and frames matter in a test's video."""
+    from aa import config
+    from aa.models import Models
+    torch.manual_seed(0)
+    m = Models.build(config.tiny())
+    for p in m.pose_guider.conv_out.parameters():
+        p.data.normal_(0, 0.1)
+    for module in m.unet.modules():
+        if hasattr(module, "proj_out") and isinstance(module.proj_out, torch.nn.Linear):
+            module.proj_out.weight.data.normal_(0, 0.05)
+    return m
 
 
 FORMATS_DIR = Path(__file__).parent / "data" / "formats"

@@ -10,6 +10,7 @@ from aa.models import Models
 from aa.pipeline import Settings, animate, denoise, initial_latents
 from aa.reference import ReferenceNet
 from aa.unet import UNet
+from tests.helpers import tiny_animation_models
 
 W = H = 32
 FAST = Settings(steps=2, window=8, overlap=2)
@@ -17,14 +18,7 @@ FAST = Settings(steps=2, window=8, overlap=2)
 
 @pytest.fixture(scope="module")
 def models():
-    torch.manual_seed(0)
-    m = Models.build(config.tiny())
-    for p in m.pose_guider.conv_out.parameters():  # a trained guider is not zero: let the poses matter
-        p.data.normal_(0, 0.1)
-    for module in m.unet.modules():  # nor are trained temporal layers
-        if hasattr(module, "proj_out") and isinstance(module.proj_out, torch.nn.Linear):
-            module.proj_out.weight.data.normal_(0, 0.05)
-    return m
+    return tiny_animation_models()
 
 
 @pytest.fixture(scope="module")

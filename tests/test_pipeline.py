@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from aa import config
-from aa.pipeline import Models, Settings, animate, animate_iter, initial_latents
+from aa.memory import MemoryTracker
+from aa.pipeline import Settings, animate, animate_iter, initial_latents
 from aa.windows import blend_weights, window_schedule
-from tests.helpers import PeakTensorMemory
+from tests.helpers import tiny_animation_models
 
 W = H = 32
 FAST = Settings(steps=2, window=8, overlap=2)
@@ -14,14 +14,7 @@ FAST = Settings(steps=2, window=8, overlap=2)
 
 @pytest.fixture(scope="module")
 def models():
-    torch.manual_seed(0)
-    m = Models.build(config.tiny())
-    for p in m.pose_guider.conv_out.parameters():  # a trained guider is not zero: let the poses matter
-        p.data.normal_(0, 0.1)
-    for module in m.unet.modules():  # nor are trained temporal layers
-        if hasattr(module, "proj_out") and isinstance(module.proj_out, torch.nn.Linear):
-            module.proj_out.weight.data.normal_(0, 0.05)
-    return m.to("cpu")
+    return tiny_animation_models()
 
 
 @pytest.fixture(scope="module")
@@ -123,12 +116,12 @@ def test_peak_memory_is_bounded_by_the_window(models, inputs):
     long_poses = np.concatenate([poses] * 2)[:32]
     peaks = []
     for n in (8, 32):
-        with PeakTensorMemory() as mem:
+        with MemoryTracker() as mem:
             for _ in animate_iter(models, ref, long_poses[:n], Settings(steps=1, window=8, overlap=2),
                                   progress=False):
                 pass
         peaks.append(mem.peak)
-    with PeakTensorMemory() as mem:  # for scale: the same 32 frames in a single window
+    with MemoryTracker() as mem:  # for scale: the same 32 frames in a single window
         for _ in animate_iter(models, ref, long_poses, Settings(steps=1, window=32, overlap=2), progress=False):
             pass
     assert peaks[1] < 1.15 * peaks[0], peaks
