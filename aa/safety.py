@@ -75,11 +75,7 @@ def check_output(flag: str, path: Path | None, suffix: str) -> None:
     parent = _existing_ancestor(path.parent)
     if not parent.is_dir():
         raise ValueError(f"{flag} {path}: {parent} is not a folder")
-    try:  # a real probe: catches read-only mounts and special file systems that os.access misses
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.probe"):
-            pass
-    except OSError as e:
-        raise ValueError(f"{flag} {path}: cannot write in {parent} ({e.strerror or e})") from None
+    _probe(flag, path, parent)
 
 
 def check_folder(flag: str, path: Path) -> None:
@@ -89,6 +85,12 @@ def check_folder(flag: str, path: Path) -> None:
     parent = _existing_ancestor(path)
     if not parent.is_dir():
         raise ValueError(f"{flag} {path}: {parent} is not a folder")
+    _probe(flag, path, parent)
+
+
+def _probe(flag: str, path: Path, parent: Path) -> None:
+    """Create and remove a temp file in `parent`: a real probe, which catches read-only mounts and special file
+    systems that os.access misses (and root, whom os.access always allows)."""
     try:
         with tempfile.NamedTemporaryFile(dir=parent, prefix=".probe"):
             pass

@@ -150,6 +150,7 @@ PRE_LOAD = {  # flags refused before any weights are read
     "--device cuda": "CUDA is not available",
     "--out OUT/out.png": ".mp4", "--sheet OUT/s.mp4": ".png", "--side-by-side OUT/out.mp4": "same file",
     "--out OUT/dir.mp4": "is a folder", "--pose OUT/missing.mp4": "missing.mp4",
+    "--out /proc/aa_out.mp4": "cannot write in /proc",  # a folder nobody, root included, can create files in
 }
 
 
