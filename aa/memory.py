@@ -47,9 +47,10 @@ def gb(nbytes: int) -> float:
 class MemoryTracker(TorchDispatchMode):
     """A dispatch mode that keeps the live bytes of every tensor storage by category, and the peak of their sum."""
 
-    def __init__(self, default: str = "activations") -> None:
+    def __init__(self, default: str = "activations", device: str | None = None) -> None:
         super().__init__()
         self.default = default
+        self.device = device  # count only tensors on this device type (e.g. "meta", standing in for the GPU)
         self.live: dict[str, int] = defaultdict(int)  # category -> live bytes
         self.peak = 0
         self.peak_by_category: dict[str, int] = {}
@@ -102,7 +103,7 @@ class MemoryTracker(TorchDispatchMode):
 
     def _add(self, t: Tensor, category: str, retag: bool) -> None:
         """Count t's storage if new (or grown: resize_), or move it to `category` when retag is set."""
-        if t.is_sparse or t.layout != torch.strided:
+        if t.is_sparse or t.layout != torch.strided or (self.device is not None and t.device.type != self.device):
             return
         storage = t.untyped_storage()
         key, nbytes = id(storage), storage.nbytes()

@@ -122,3 +122,12 @@ def test_frozen_weights_in_bf16_train_under_autocast():
     assert any(not torch.equal(a, b) for a, b in zip(motion, trainer.params))
     with pytest.raises(ValueError, match="frozen-dtype"):
         TrainConfig(frozen_dtype="bf16").check(torch.device("cpu"))
+
+
+def test_device_filter_counts_only_that_device():
+    """`MemoryTracker(device="meta")` counts tensors on meta (the stand-in for the GPU) and ignores host tensors."""
+    with MemoryTracker(device="meta") as mem:
+        on_meta = torch.empty(1000, device="meta")  # 4000 bytes
+        on_host = torch.empty(500)  # 2000 bytes, not device memory
+        assert mem.total == on_meta.nbytes
+    assert mem.peak == 4000 and on_host.nbytes == 2000

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,15 +32,6 @@ from aa.models import Models  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MODELS = {"sd15": config.moore, "demo": config.demo, "tiny": config.tiny}
-
-
-class DeviceMemory(MemoryTracker):
-    """MemoryTracker counting only tensors on the meta device, the stand-in for the GPU (host tensors are not
-    device memory)."""
-
-    def _add(self, t: Tensor, category: str, retag: bool) -> None:
-        if t.device.type == "meta":
-            super()._add(t, category, retag)
 
 
 def estimate(model: str, frames: int, width: int, height: int, dtype: torch.dtype, guidance: float,
@@ -60,7 +50,8 @@ def estimate(model: str, frames: int, width: int, height: int, dtype: torch.dtyp
     poses = np.zeros((frames, height, width, 3), np.uint8)
     out: dict[str, int] = {"weights": nbytes(p for m in models.modules().values() for p in m.parameters())}
     try:
-        with DeviceMemory() as mem, emulate:
+        # meta stands in for the GPU: host tensors (pose images, decoded frames) are not device memory
+        with MemoryTracker(device="meta") as mem, emulate:
             for name, module in models.modules().items():
                 mem.track(module.parameters(), "weights")
             context, ref_kv = pipeline.encode_reference(models, reference, width, height)
