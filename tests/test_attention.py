@@ -4,7 +4,7 @@ import math
 import torch
 from einops import rearrange, repeat
 
-from aa.attention import Attention, TransformerBlock
+from aa.attention import Attention, TransformerBlock, attend
 
 torch.manual_seed(0)
 
@@ -28,6 +28,20 @@ def test_self_and_cross_attention_equal_the_textbook_formula():
     torch.testing.assert_close(attn(x, ctx), manual_attention(attn, x, ctx), atol=1e-5, rtol=1e-5)
     self_attn = Attention(32, heads=4)
     torch.testing.assert_close(self_attn(x), manual_attention(self_attn, x), atol=1e-5, rtol=1e-5)
+
+
+def test_attend_equals_sdpa_on_both_sides_of_the_short_key_path():
+    """`attend` takes plain batched products below 32 keys on the CPU (a temporal layer's frames) and SDPA above:
+    values and gradients equal SDPA's on both sides, on head-split (strided) views as Attention passes them."""
+    for n, m in ((24, 24), (7, 31), (24, 32), (40, 48)):
+        x = torch.randn(2, n, 4 * 8, requires_grad=True)
+        y = torch.randn(2, m, 4 * 8, requires_grad=True)
+        q, k, v = (rearrange(t, "b n (nh d) -> b nh n d", nh=4) for t in (x, y * 0.5, y.flip(1)))
+        out = attend(q, k, v)
+        torch.testing.assert_close(out, textbook(q, k, v), atol=1e-5, rtol=1e-5)
+        gx, gy = torch.autograd.grad(out.square().sum(), (x, y), retain_graph=True)
+        want = torch.autograd.grad(torch.nn.functional.scaled_dot_product_attention(q, k, v).square().sum(), (x, y))
+        torch.testing.assert_close((gx, gy), want, atol=1e-5, rtol=1e-5)
 
 
 def test_paper_spatial_attention_equals_extra_reference_kv():
