@@ -224,15 +224,16 @@ def _animate(models: Models, reference: Image.Image | np.ndarray, poses: Sequenc
     yield from decode(models.vae, latents, decode_chunk(models.vae, latents, settings.decode_chunk))
 
 
-def decode_chunk(vae: AutoencoderKL, latents: Tensor, chunk: int) -> int:
-    """Frames per decode call: `chunk`, or on CUDA fewer when the decoder's activations would not fit in free memory
-    (their peak is about six full-resolution maps of the first width per frame: 0.56 GiB at 512x768 in fp16,
-    tools/estimate_memory.py)."""
-    if latents.device.type != "cuda":
-        return chunk
+def decode_chunk(vae: AutoencoderKL, latents: Tensor, chunk: int, free: int | None = None) -> int:
+    """Frames per decode call: `chunk`, or fewer when the decoder's activations would not fit in 80% of `free` bytes
+    (by default, on CUDA, the device's free memory; elsewhere no limit). Their peak is at most six full-resolution
+    maps of the first width per frame: 0.56 GiB at 512x768 in fp16 (tests/test_memory.py checks the bound on meta)."""
+    if free is None:
+        if latents.device.type != "cuda":
+            return chunk
+        free, _ = torch.cuda.mem_get_info(latents.device)
     h, w = (s * vae.downscale for s in latents.shape[-2:])
     per_frame = 6 * vae.cfg.block_out_channels[0] * h * w * module_dtype(vae).itemsize
-    free, _ = torch.cuda.mem_get_info(latents.device)
     return max(1, min(chunk, int(0.8 * free) // per_frame))
 
 

@@ -166,3 +166,57 @@ def test_unet_step_compiles_without_graph_breaks():
             pose_features=torch.randn(2 * f, 16, 4, 4), num_frames=f)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
+
+
+def test_offload_moves_the_encoders_off_for_the_steps_and_back_before_encoding(models, inputs, monkeypatch):
+    """Settings.offload: the ReferenceNet and image encoder run, are sent to the CPU before the first denoising step
+    (the steps never call them), are brought back to the UNet's device before the next encoding, and the video is the same
+    bytes as without offloading."""
+    from aa import pipeline
+    ref, poses = inputs
+    events = []
+    for name in ("reference_net", "image_encoder"):
+        module = getattr(models, name)
+        module.register_forward_hook(lambda *_, n=name: events.append(("run", n)))
+        monkeypatch.setattr(module, "to", lambda device, n=name: events.append(("to", n, str(device))))
+    real_denoise = pipeline.denoise
+    monkeypatch.setattr(pipeline, "denoise", lambda *a, **k: (events.append(("denoise",)), real_denoise(*a, **k))[1])
+    settings = Settings(steps=2, window=8, overlap=2, offload=True)
+    out = animate(models, ref, poses[:8], settings, width=W, height=H, progress=False)
+    # on this CPU-only machine the UNet's device is "cpu" too, so the moves are told apart by where they happen
+    moves = lambda part: {e[1:] for e in part if e[0] == "to"}
+    both = {("reference_net", "cpu"), ("image_encoder", "cpu")}
+    first_run = min(i for i, e in enumerate(events) if e[0] == "run")
+    last_run = max(i for i, e in enumerate(events) if e[0] == "run")
+    steps = events.index(("denoise",))
+    assert moves(events[:first_run]) == both  # brought to the UNet's device before encoding
+    assert last_run < steps and moves(events[last_run:steps]) == both  # sent off after encoding, before the steps
+    assert not any(e[0] == "run" for e in events[steps:])
+    monkeypatch.undo()
+    plain = animate(models, ref, poses[:8], Settings(steps=2, window=8, overlap=2), width=W, height=H, progress=False)
+    np.testing.assert_array_equal(out, plain)
+
+
+def test_decode_chunk_fits_the_free_memory_it_is_given():
+    """The free-memory rule for decoding (pipeline.decode_chunk), against the decoder's activations tracked on meta for
+    the SD VAE in fp16 at 512x768: the chunk it picks for a given free memory decodes within 80% of it, the per-frame
+    figure it assumes is within 2% of the tracked one, and without a free-memory figure off CUDA it keeps the chunk."""
+    from aa import pipeline
+    from aa.memory import Emulate, MemoryTracker
+    from aa.vae import AutoencoderKL
+    with torch.device("meta"):
+        vae = AutoencoderKL(config.moore().vae)
+    vae.to(torch.float16)
+    z = torch.zeros(8, 4, 96, 64, device="meta", dtype=torch.float16)
+    assert pipeline.decode_chunk(vae, z, 8) == 8
+    chosen = []
+    for free in (2**30, 3 * 2**30, 6 * 2**30):
+        n = pipeline.decode_chunk(vae, z, 8, free=free)
+        with MemoryTracker(device="meta") as mem, Emulate("cuda"), torch.inference_mode():
+            vae.decode(z[:n])
+        assert mem.peak <= 0.8 * free, (free, n, mem.peak)
+        per_frame = 6 * 128 * 512 * 768 * 2
+        assert abs(mem.peak / n - per_frame) <= 0.02 * per_frame
+        chosen.append(n)
+    assert chosen == [1, 4, 8]
+    assert pipeline.decode_chunk(vae, z, 8, free=1) == 1  # never below one frame
