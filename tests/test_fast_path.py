@@ -169,9 +169,8 @@ def test_unet_step_compiles_without_graph_breaks():
 
 
 def test_offload_moves_the_encoders_off_for_the_steps_and_back_before_encoding(models, inputs, monkeypatch):
-    """Settings.offload: the ReferenceNet and image encoder run, are sent to the CPU before the first denoising step
-    (the steps never call them), are brought back to the UNet's device before the next encoding, and the video is the same
-    bytes as without offloading."""
+    """Settings.offload: the ReferenceNet and image encoder are brought to the UNet's device, run, and are sent to the
+    CPU before the first denoising step (the steps never call them); the video is the same bytes as without it."""
     from aa import pipeline
     ref, poses = inputs
     events = []
