@@ -1,4 +1,4 @@
-"""Mutation check: break one piece of the conditioning (or one sample.py flag) at a time and confirm a test fails.
+"""Mutation check: break one piece of the conditioning, a sample.py flag or the fast path at a time; a test must fail.
 
     .venv/bin/python tools/mutants.py                  # every mutation; a table; exit 1 if any is missed
     .venv/bin/python tools/mutants.py -k guidance eta  # only mutations whose name contains one of these words
@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 COND = ("tests/test_conditioning.py",)
 FLAGS = ("tests/test_sample_flags.py",)
+FAST = ("tests/test_fast_path.py",)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,19 @@ MUTATIONS = [
              "    if False:\n        images = read_frames_folder(path)[:args.frames]", FLAGS),
     Mutation("flag-frames-ignored-for-folders", "sample.py", "images = read_frames_folder(path)[:args.frames]",
              "images = read_frames_folder(path)", FLAGS),
+    # the fast path (aa/attention.py short-key attention, aa/pipeline.py offload and decode chunks)
+    Mutation("short-key-attention-scale", "aa/attention.py", "beta=0.0, alpha=d**-0.5)", "beta=0.0, alpha=d**-0.4)",
+             ("tests/test_attention.py",)),
+    Mutation("short-key-attention-softmax-axis", "aa/attention.py", "torch.bmm(scores.softmax(-1), v)",
+             "torch.bmm(scores.softmax(-2), v)", ("tests/test_attention.py",)),
+    Mutation("offload-keeps-encoders", "aa/pipeline.py", 'for m in encoders:\n                m.to("cpu")',
+             "for m in encoders:\n                pass", FAST),
+    Mutation("offload-not-brought-back", "aa/pipeline.py", "for m in encoders:\n            m.to(device)",
+             "for m in encoders:\n            pass", FAST),
+    Mutation("decode-chunk-underestimates", "aa/pipeline.py", "per_frame = 6 * vae.cfg", "per_frame = 4 * vae.cfg",
+             FAST),
+    Mutation("decode-chunk-ignores-free", "aa/pipeline.py", "return max(1, min(chunk, int(0.8 * free) // per_frame))",
+             "return chunk", FAST),
 ]
 
 
