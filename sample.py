@@ -102,6 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--offload", action="store_true", default=None,
                    help="move the ReferenceNet and CLIP encoder to the CPU once the reference is encoded "
                         "(SD weights: 2.2 GB less on the device, for 8 GB cards)")
+    s.add_argument("--split-guidance", action="store_true", default=None,
+                   help="run the conditional and unconditional branches one after the other, not as one batch "
+                        "(the same video; half the step's activations, for 8 GB cards)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -229,7 +232,8 @@ def animate_to_files(args: argparse.Namespace, written: list[Path]) -> None:
     recorded = pipeline.with_overrides(pipeline.PRESETS[args.preset](), **sampling)  # the weights' defaults
     settings = pipeline.with_overrides(
         recorded, steps=args.steps, guidance=args.guidance, window=args.window, overlap=args.overlap,
-        blend=args.blend, shift_windows=args.shift_windows, dtype=dtype, offload=args.offload)
+        blend=args.blend, shift_windows=args.shift_windows, dtype=dtype, offload=args.offload,
+        split_guidance=args.split_guidance)
     prepare_unet(models.unet, models.pose_guider, compile=args.compile)
     fps = args.fps or fps or sampling.get("fps", 8)
     chunks = pipeline.animate_iter(models, reference, poses, settings, width=width, height=height,

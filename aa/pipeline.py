@@ -53,6 +53,7 @@ class Settings:
     decode_chunk: int = 8  # frames per VAE decode call (on CUDA, fewer when free memory is short)
     dtype: torch.dtype = torch.float16  # autocast precision for fp32 weights on CUDA (others run in their own dtype)
     offload: bool = False  # move the ReferenceNet and CLIP encoder to the CPU once the reference is encoded
+    split_guidance: bool = False  # run the two guidance branches one after the other: half the step's activations
 
 
 def moore() -> Settings:
@@ -108,18 +109,23 @@ def encode_reference(models: Models, image: Image.Image | np.ndarray, width: int
 
 
 def guided_prediction(unet: UNet, x: Tensor, t: int | Tensor, context: Tensor, ref_kv: list[KV] | None, pose: Tensor,
-                      guidance: float, adds_to_latent: bool) -> Tensor:
+                      guidance: float, adds_to_latent: bool, split: bool = False) -> Tensor:
     """The UNet's prediction for one window x (f, c, h, w), with classifier-free guidance:
     uncond + g (cond - uncond), where the unconditional branch has a zero CLIP embedding and no reference (SPEC 2).
-    Both branches run in one batch; guidance 1 runs the conditional branch alone."""
+    Both branches run in one batch of 2f, or with `split` one after the other (each frame's result is the same: the
+    frames of a batch never mix); guidance 1 runs the conditional branch alone."""
     f = x.shape[0]
     if adds_to_latent:  # paper's Pose Guider: added to the noisy latent
         x, pose = x + pose, None
     if guidance == 1.0:
         return unet(x, t, context, ref_kv=ref_kv, pose_features=pose, num_frames=f)
-    both = unet(torch.cat([x, x]), t, torch.cat([context, torch.zeros_like(context)]), ref_kv=ref_kv,
-                pose_features=None if pose is None else torch.cat([pose, pose]), num_frames=f)
-    cond, uncond = both.chunk(2)
+    if split:
+        cond = unet(x, t, context, ref_kv=ref_kv, pose_features=pose, num_frames=f)
+        uncond = unet(x, t, torch.zeros_like(context), ref_kv=None, pose_features=pose, num_frames=f)
+    else:
+        both = unet(torch.cat([x, x]), t, torch.cat([context, torch.zeros_like(context)]), ref_kv=ref_kv,
+                    pose_features=None if pose is None else torch.cat([pose, pose]), num_frames=f)
+        cond, uncond = both.chunk(2)
     return uncond + guidance * (cond - uncond)
 
 
@@ -142,7 +148,8 @@ def denoise(models: Models, latents: Tensor, poses: Sequence[np.ndarray] | np.nd
         for frames, idx, w in plan[k]:  # w: (f, 1, 1, 1) blend weights
             pose = pose_features(frames, idx)
             pred = guided_prediction(models.unet, latents.index_select(0, idx).to(dtype), t_device[k], context,
-                                     ref_kv, pose.to(dtype), s.guidance, models.pose_guider.adds_to_latent)
+                                     ref_kv, pose.to(dtype), s.guidance, models.pose_guider.adds_to_latent,
+                                     s.split_guidance)
             total.index_add_(0, idx, pred.float() * w)
             weight.index_add_(0, idx, w)
             bar.update()

@@ -148,11 +148,11 @@ def run(models: Models, ref, poses, settings: Settings, z: torch.Tensor, stub=No
 
 
 # ---------------------------------------------------------------------------------------------------- guidance
-@pytest.mark.parametrize("g", [1.0, 2.5])
-def test_guidance_is_uncond_plus_scale_times_difference(models, ref, poses, g):
+@pytest.mark.parametrize("g, split", [(1.0, False), (2.5, False), (2.5, True)])
+def test_guidance_is_uncond_plus_scale_times_difference(models, ref, poses, g, split):
     """With a stub UNet predicting C for videos with a CLIP embedding and U for those without, the prediction
-    used is U + g (C - U) (classifier-free guidance, Ho & Salimans 2022, eq. 6); at g = 1 only C, and only the
-    conditional branch runs."""
+    used is U + g (C - U) (classifier-free guidance, Ho & Salimans 2022, eq. 6), the branches in one batch or one
+    after the other (`split_guidance`); at g = 1 only C, and only the conditional branch runs."""
     z = torch.randn(5, 4, H // 8, W // 8, generator=torch.Generator().manual_seed(0))
 
     def stub(call):
@@ -162,21 +162,24 @@ def test_guidance_is_uncond_plus_scale_times_difference(models, ref, poses, g):
             out.append(0.5 * v["sample"] + 1.0 if cond else -0.25 * v["sample"] + 0.3)
         return torch.cat(out)
 
-    calls, final = run(models, ref, poses, Settings(steps=1, guidance=g, window=8), z, stub)
+    calls, final = run(models, ref, poses, Settings(steps=1, guidance=g, window=8, split_guidance=split), z, stub)
     cond, uncond = 0.5 * z + 1.0, -0.25 * z + 0.3
     torch.testing.assert_close(final, -(uncond + g * (cond - uncond)), rtol=1e-5, atol=1e-5)
     if g == 1.0:
         assert all(v["context"].abs().sum() > 0 for c in calls for v in videos(c))
 
 
-def test_unconditional_branch_has_zero_clip_embedding_and_no_reference(models, ref, poses):
+@pytest.mark.parametrize("split", [False, True])
+def test_unconditional_branch_has_zero_clip_embedding_and_no_reference(models, ref, poses, split):
     """Every window runs a conditional video (the reference's CLIP embedding, the reference keys/values) and an
-    unconditional one of the same frames (zero CLIP embedding, attending to itself only: SPEC 2)."""
+    unconditional one of the same frames (zero CLIP embedding, attending to itself only: SPEC 2), in one batch or,
+    with `split_guidance`, as two consecutive calls."""
     context, kv = encode_reference(models, ref, W, H)
-    calls, _ = run(models, ref, poses, Settings(steps=2, window=4, overlap=1), index_latents(7), zero)
+    settings = Settings(steps=2, window=4, overlap=1, split_guidance=split)
+    calls, _ = run(models, ref, poses, settings, index_latents(7), zero)
     assert calls
-    for call in calls:
-        vs = videos(call)
+    windows = [videos(a) + videos(b) for a, b in zip(calls[::2], calls[1::2])] if split else map(videos, calls)
+    for vs in windows:
         cond = [v for v in vs if v["context"].abs().sum() > 0]
         uncond = [v for v in vs if v["context"].abs().sum() == 0]
         assert len(cond) == len(uncond) >= 1
@@ -187,9 +190,11 @@ def test_unconditional_branch_has_zero_clip_embedding_and_no_reference(models, r
         for a, b in zip(cond, uncond):
             torch.testing.assert_close(a["sample"], b["sample"])
             torch.testing.assert_close(a["pose"], b["pose"])
-        for (k, v), (k0, v0) in zip(call["ref_kv"], kv):
+    for call in calls:
+        for (k, v), (k0, v0) in zip(call["ref_kv"] or [], kv):
             torch.testing.assert_close(k, k0)
             torch.testing.assert_close(v, v0)
+    assert sum(call["ref_kv"] is not None for call in calls) == (len(calls) // 2 if split else len(calls))
 
 
 @pytest.mark.parametrize("g", [1.0, 3.5])

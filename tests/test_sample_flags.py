@@ -95,6 +95,17 @@ def test_window_overlap_and_shift_windows_reach_the_settings(files, tmp_path, pi
     assert (s.window, s.overlap, s.shift_windows) == (6, 3, True)
 
 
+def test_offload_and_split_guidance_reach_the_settings(files, tmp_path, pipeline_call):
+    """--offload and --split-guidance (the 8 GB options) set those settings; both are off by default."""
+    pose = ["--pose", str(files / "drive.json")]
+    assert run(files, tmp_path, *pose) == 0
+    s = pipeline_call["settings"]
+    assert (s.offload, s.split_guidance) == (False, False)
+    assert run(files, tmp_path, *pose, "--offload", "--split-guidance") == 0
+    s = pipeline_call["settings"]
+    assert (s.offload, s.split_guidance) == (True, True)
+
+
 @pytest.mark.parametrize("flag, dtype", [(None, torch.float16), ("bf16", torch.bfloat16), ("fp32", torch.float32)])
 def test_dtype_sets_the_weights_and_autocast_precision_on_cuda(files, tmp_path, pipeline_call, monkeypatch, flag,
                                                                dtype):

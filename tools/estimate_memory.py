@@ -4,10 +4,12 @@ autocast emulated).
 
     python tools/estimate_memory.py                                  # SD 1.5, 24 frames 512x768 fp16, guidance 3.5
     python tools/estimate_memory.py --offload --decode-chunk 2       # an 8 GB card
+    python tools/estimate_memory.py --offload --split-guidance       # the guidance branches one at a time
     python tools/estimate_memory.py --before                         # the pipeline before issue 14, for comparison
 
 Phases: encoding the reference (VAE encoder, CLIP, ReferenceNet, K/V projection), one DDIM step over the video's
-windows (Pose Guider features for the video, both guidance branches in one batch), decoding one chunk of frames.
+windows (Pose Guider features for the video, both guidance branches in one batch unless --split-guidance),
+decoding one chunk of frames.
 Only device tensors count (host-side pose images and decoded frames do not). `--before` runs the same networks as the
 code before issue 14 did: the feed-forward unsliced, nothing offloaded, eight frames per decode (a lower bound: its
 autocast's fp32 norm outputs are left out; aa.memory.Emulate's autocast over-counts on this pipeline). Not counted:
@@ -35,7 +37,8 @@ MODELS = {"sd15": config.moore, "demo": config.demo, "tiny": config.tiny}
 
 
 def estimate(model: str, frames: int, width: int, height: int, dtype: torch.dtype, guidance: float,
-             window: int = 24, offload: bool = False, decode_chunk: int = 8, before: bool = False) -> dict[str, int]:
+             window: int = 24, offload: bool = False, decode_chunk: int = 8, before: bool = False,
+             split_guidance: bool = False) -> dict[str, int]:
     """Peak live device bytes per phase ('encode', 'step', 'decode') and overall ('peak'), and the weights."""
     with torch.device("meta"):
         models = Models.build(MODELS[model]())
@@ -44,7 +47,7 @@ def estimate(model: str, frames: int, width: int, height: int, dtype: torch.dtyp
     chunk_elements = attention.FF_CHUNK_ELEMENTS
     if before:
         attention.FF_CHUNK_ELEMENTS = 2**62
-    settings = pipeline.Settings(steps=1, guidance=guidance, window=window)
+    settings = pipeline.Settings(steps=1, guidance=guidance, window=window, split_guidance=split_guidance)
     rng = np.random.default_rng(0)
     reference = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     poses = np.zeros((frames, height, width, 3), np.uint8)
@@ -82,15 +85,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="weights precision")
     p.add_argument("--guidance", type=float, default=3.5, help="guidance scale (1: no unconditional branch)")
     p.add_argument("--offload", action="store_true", help="ReferenceNet and CLIP off the device after encoding")
+    p.add_argument("--split-guidance", action="store_true", help="the two guidance branches one after the other")
     p.add_argument("--decode-chunk", type=int, default=8, help="frames per VAE decode call")
     p.add_argument("--before", action="store_true", help="the pipeline before issue 14 (unsliced feed-forward, "
                                                          "no offload; use with the default --decode-chunk 8)")
     args = p.parse_args(argv)
     r = estimate(args.model, args.frames, args.width, args.height, DTYPES[args.dtype], args.guidance, args.window,
-                 args.offload, args.decode_chunk, args.before)
+                 args.offload, args.decode_chunk, args.before, args.split_guidance)
+    options = [name for name, on in (("offload", args.offload), ("split guidance", args.split_guidance),
+                                     ("before issue 14", args.before)) if on]
     print(f"{args.model}, {args.frames} frames at {args.width}x{args.height}, {args.dtype}, guidance {args.guidance}, "
-          f"window {args.window}{', offload' if args.offload else ''}{', before issue 14' if args.before else ''}, "
-          f"decode chunk {args.decode_chunk}")
+          f"window {args.window}, " + "".join(f"{o}, " for o in options) + f"decode chunk {args.decode_chunk}")
     print(f"  weights (all five)  {gb(r['weights']):6.2f} GiB")
     for phase in ("encode", "step", "decode"):
         print(f"  peak in {phase:<11} {gb(r[phase]):6.2f} GiB")
