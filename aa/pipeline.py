@@ -233,8 +233,8 @@ def _animate(models: Models, reference: Image.Image | np.ndarray, poses: Sequenc
 
 def decode_chunk(vae: AutoencoderKL, latents: Tensor, chunk: int, free: int | None = None) -> int:
     """Frames per decode call: `chunk`, or fewer when the decoder's activations would not fit in 80% of `free` bytes
-    (by default, on CUDA, the device's free memory; elsewhere no limit). Their peak is at most six full-resolution
-    maps of the first width per frame: 0.56 GiB at 512x768 in fp16 (tests/test_memory.py checks the bound on meta)."""
+    (by default, on CUDA, the device's free memory; elsewhere no limit). Their peak is about six full-resolution
+    maps of the first width per frame: 0.56 GiB at 512x768 in fp16 (tests/test_fast_path.py checks it on meta)."""
     if free is None:
         if latents.device.type != "cuda":
             return chunk
