@@ -3,13 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from aa import attention, config, step
+from aa import attention, config, pipeline, step
 from aa.attention import TransformerBlock
 from aa.config import MotionConfig, UNetConfig
+from aa.memory import Emulate, MemoryTracker
 from aa.models import Models
 from aa.pipeline import Settings, animate, denoise, initial_latents
 from aa.reference import ReferenceNet
 from aa.unet import UNet
+from aa.vae import AutoencoderKL
 from tests.helpers import tiny_animation_models
 
 W = H = 32
@@ -171,7 +173,6 @@ def test_unet_step_compiles_without_graph_breaks():
 def test_offload_moves_the_encoders_off_for_the_steps_and_back_before_encoding(models, inputs, monkeypatch):
     """Settings.offload: the ReferenceNet and image encoder are brought to the UNet's device, run, and are sent to the
     CPU before the first denoising step (the steps never call them); the video is the same bytes as without it."""
-    from aa import pipeline
     ref, poses = inputs
     events = []
     for name in ("reference_net", "image_encoder"):
@@ -200,9 +201,6 @@ def test_decode_chunk_fits_the_free_memory_it_is_given():
     """The free-memory rule for decoding (pipeline.decode_chunk), against the decoder's activations tracked on meta for
     the SD VAE in fp16 at 512x768: the chunk it picks for a given free memory decodes within 80% of it, the per-frame
     figure it assumes is within 2% of the tracked one, and without a free-memory figure off CUDA it keeps the chunk."""
-    from aa import pipeline
-    from aa.memory import Emulate, MemoryTracker
-    from aa.vae import AutoencoderKL
     with torch.device("meta"):
         vae = AutoencoderKL(config.moore().vae)
     vae.to(torch.float16)
@@ -225,11 +223,8 @@ def test_split_guidance_gives_the_same_video(models, inputs):
     """Settings.split_guidance runs the two guidance branches one after the other instead of as one batch of 2f:
     the frames of a batch never mix, so the video matches the batched one (to float rounding)."""
     ref, poses = inputs
-    settings = Settings(steps=2, window=8, overlap=2, guidance=3.5)
-    joint = animate(models, ref, poses[:10], settings, width=W, height=H, progress=False)
-    split = animate(models, ref, poses[:10], Settings(**{**settings.__dict__, "split_guidance": True}), width=W,
-                    height=H, progress=False)
+    video = lambda **changes: animate(models, ref, poses[:10], Settings(steps=2, window=8, overlap=2, **changes),
+                                      width=W, height=H, progress=False)
+    joint, split = video(guidance=3.5), video(guidance=3.5, split_guidance=True)
     assert np.abs(joint.astype(int) - split.astype(int)).max() <= 1
-    assert not np.array_equal(joint, animate(models, ref, poses[:10], Settings(steps=2, window=8, overlap=2,
-                                                                                guidance=1.0), width=W, height=H,
-                                             progress=False))  # guidance matters here, so the match means something
+    assert not np.array_equal(joint, video(guidance=1.0))  # guidance matters here, so the match means something
