@@ -31,9 +31,10 @@ def test_self_and_cross_attention_equal_the_textbook_formula():
 
 
 def test_attend_equals_sdpa_on_both_sides_of_the_short_key_path():
-    """`attend` takes plain batched products below 32 keys on the CPU (a temporal layer's frames) and SDPA above:
-    values and gradients equal SDPA's on both sides, on head-split (strided) views as Attention passes them."""
-    for n, m in ((24, 24), (7, 31), (24, 32), (40, 48)):
+    """`attend` takes plain batched products for 20-31 keys on the CPU (a temporal layer's frames) and SDPA
+    otherwise: values and gradients equal SDPA's on both sides, on head-split (strided) views as Attention passes
+    them."""
+    for n, m in ((24, 24), (7, 31), (5, 20), (12, 12), (24, 32), (40, 48)):
         x = torch.randn(2, n, 4 * 8, requires_grad=True)
         y = torch.randn(2, m, 4 * 8, requires_grad=True)
         q, k, v = (rearrange(t, "b n (nh d) -> b nh n d", nh=4) for t in (x, y * 0.5, y.flip(1)))
