@@ -84,10 +84,10 @@ def attend_with_reference(q: Tensor, k: Tensor, v: Tensor, ref_kv: KV, num_frame
         out.view(-1, num_frames, *out.shape[1:])[:, :, :, n:] = ref[:, None]
         return out
 
-    out = F.scaled_dot_product_attention(q[:rows], extend(k, ref_k), extend(v, ref_v))
+    out = attend(q[:rows], extend(k, ref_k), extend(v, ref_v))
     if rows == q.shape[0]:
         return out
-    return torch.cat([out, F.scaled_dot_product_attention(q[rows:], k[rows:], v[rows:])])
+    return torch.cat([out, attend(q[rows:], k[rows:], v[rows:])])
 
 
 def layout(x: Tensor) -> torch.memory_format:

@@ -167,7 +167,7 @@ def decode(vae: AutoencoderKL, latents: Tensor, chunk: int = 8) -> Iterator[np.n
     for i in range(0, latents.shape[0], chunk):
         z = latents[i:i + chunk]
         with torch.autocast(z.device.type, enabled=False) if z.device.type == "cuda" else nullcontext():
-            img = vae.decode(z.to(next(vae.parameters()).dtype)).float()
+            img = vae.decode(z.to(module_dtype(vae))).float()
         img = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         yield img.permute(0, 2, 3, 1).cpu().numpy()
 
