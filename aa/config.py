@@ -44,6 +44,25 @@ class VAEConfig:
     layers_per_block: int = 2
     norm_groups: int = 32
     scaling_factor: float = 0.18215
+    # The decoder's own widths and ResNets per level, when they differ from the encoder's (None: the encoder's, as
+    # in SD). A wider decoder on the same encoder keeps the latent space (the bundled demo's sharper decoder).
+    decoder_block_out_channels: tuple[int, ...] | None = None
+    decoder_layers_per_block: int | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.decoder_channels) != len(self.block_out_channels):
+            raise ValueError(f"the decoder needs as many levels as the encoder ({len(self.block_out_channels)}, "
+                             f"the same upsampling), got decoder_block_out_channels={self.decoder_channels}")
+
+    @property
+    def decoder_channels(self) -> tuple[int, ...]:
+        """The decoder's widths, listed from the top level down like `block_out_channels`."""
+        return self.decoder_block_out_channels or self.block_out_channels
+
+    @property
+    def decoder_layers(self) -> int:
+        """ResNets per decoder level, minus one (the decoder has layers_per_block + 1, as in SD)."""
+        return self.layers_per_block if self.decoder_layers_per_block is None else self.decoder_layers_per_block
 
 
 @dataclass(frozen=True)

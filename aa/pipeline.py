@@ -240,7 +240,7 @@ def decode_chunk(vae: AutoencoderKL, latents: Tensor, chunk: int, free: int | No
             return chunk
         free, _ = torch.cuda.mem_get_info(latents.device)
     h, w = (s * vae.downscale for s in latents.shape[-2:])
-    per_frame = 6 * vae.cfg.block_out_channels[0] * h * w * module_dtype(vae).itemsize
+    per_frame = 6 * vae.cfg.decoder_channels[0] * h * w * module_dtype(vae).itemsize
     return max(1, min(chunk, int(0.8 * free) // per_frame))
 
 

@@ -87,11 +87,11 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
-        ch, g = tuple(reversed(cfg.block_out_channels)), cfg.norm_groups
+        ch, g = tuple(reversed(cfg.decoder_channels)), cfg.norm_groups
         self.conv_in = nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
         self.mid_block = MidBlock(ch[0], g)
         self.up_blocks = nn.ModuleList([
-            Level(ch[max(i - 1, 0)], c, cfg.layers_per_block + 1, g, "up" if i < len(ch) - 1 else None)
+            Level(ch[max(i - 1, 0)], c, cfg.decoder_layers + 1, g, "up" if i < len(ch) - 1 else None)
             for i, c in enumerate(ch)])
         self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=1e-6)
         self.conv_out = nn.Conv2d(ch[-1], cfg.in_channels, 3, padding=1)

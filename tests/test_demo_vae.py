@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from aa import config
+from aa.config import from_dict, to_dict
+from aa.vae import AutoencoderKL
+from aa.weights.sd import load_vae, save_native
 from tools.pack_vae_decoder import pack_decoder
+from tools.train_vae import save, with_new_decoder
 
 DEMO_VAE = Path(__file__).resolve().parents[1] / "weights" / "demo" / "vae.safetensors"
 # sha256 over the sorted names and raw bytes of every tensor outside decoder.* and post_quant_conv.* of the VAE the
@@ -52,6 +59,37 @@ def test_pack_decoder_replaces_only_the_decoder(tmp_path: Path):
     assert encoder_digest(out) == encoder_digest(shipped)
     with safe_open(str(tmp_path / "out"), "pt") as f:
         assert f.metadata() == {"format": "aa"}
-    save_file({**tuned, "decoder.extra": torch.zeros(1)}, tmp_path / "bad.safetensors")
-    with pytest.raises(ValueError, match="different tensors"):
+    save_file({**tuned, "encoder.extra": torch.zeros(1)}, tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="different encoder tensors"):
         pack_decoder(tmp_path / "bad.safetensors", tmp_path / "shipped.safetensors", tmp_path / "out2")
+    save_file({**tuned, "decoder.extra": torch.zeros(1)}, tmp_path / "wider.safetensors")
+    with pytest.raises(ValueError, match="another architecture"):
+        pack_decoder(tmp_path / "wider.safetensors", tmp_path / "shipped.safetensors", tmp_path / "out3")
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()
+
+
+def test_pack_decoder_of_another_width_records_it_in_the_config(tmp_path: Path):
+    """A decoder of other widths and depth (train_vae.py --decoder-channels/--decoder-layers): packed with --config,
+    the model config gains its architecture, the packed file loads strictly into it, the encoder bytes stay; packed
+    with a config it doesn't fit, nothing is written."""
+    cfg = config.tiny()
+    torch.manual_seed(0)
+    shipped = AutoencoderKL(cfg.vae).half()
+    save_native(shipped, tmp_path / "vae.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"model": to_dict(cfg), "sampling": {}}))
+    wide = with_new_decoder(AutoencoderKL(cfg.vae), (16, 24, 24, 32), 2)
+    (tmp_path / "run").mkdir()
+    save(wide, tmp_path / "run")
+    digest = encoder_digest(load_file(tmp_path / "vae.safetensors"))
+    pack_decoder(tmp_path / "run" / "vae.safetensors", tmp_path / "vae.safetensors", config=tmp_path / "config.json")
+    model = from_dict(json.loads((tmp_path / "config.json").read_text())["model"])
+    assert model.vae.decoder_channels == (16, 24, 24, 32) and model.vae.decoder_layers == 2
+    assert model.vae.block_out_channels == cfg.vae.block_out_channels
+    vae = load_vae(tmp_path / "vae.safetensors", model.vae)
+    assert encoder_digest(load_file(tmp_path / "vae.safetensors")) == digest
+    assert torch.equal(vae.decoder.conv_out.weight, wide.decoder.conv_out.weight.half())
+    before = (tmp_path / "config.json").read_bytes(), (tmp_path / "vae.safetensors").read_bytes()
+    (tmp_path / "run" / "vae_config.json").write_text(json.dumps(asdict(replace(cfg.vae, decoder_layers_per_block=1))))
+    with pytest.raises(ValueError, match="don't fit"):
+        pack_decoder(tmp_path / "run" / "vae.safetensors", tmp_path / "vae.safetensors", config=tmp_path / "config.json")
+    assert ((tmp_path / "config.json").read_bytes(), (tmp_path / "vae.safetensors").read_bytes()) == before

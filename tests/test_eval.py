@@ -12,10 +12,12 @@ from PIL import Image
 
 from aa.config import tiny
 from aa.models import Models
+from aa.vae import AutoencoderKL
 from aa.video import read_video
 from aa.weights.native import load_models, save_models
 from tools import eval as evaluation
 from tools.synthetic import write_dataset
+from tools.train_vae import save, with_new_decoder
 
 SIZE, FRAMES = 32, 4
 RANGES = {"psnr": (0.0, 100.0), "ssim": (-1.0, 1.0), "l1": (0.0, 1.0), "temporal": (0.0, 1.0),
@@ -141,3 +143,25 @@ def test_method_flag_needs_name_and_spec() -> None:
     """--method takes NAME=SPEC; a bare path is rejected with a usage error."""
     with pytest.raises(SystemExit):
         evaluation.parse_args(["--data", "x", "--method", "runs/full"])
+
+
+def test_vae_flag_swaps_only_the_decoder(bench: dict[str, Path], tmp_path: Path) -> None:
+    """--vae: a train_vae.py file with the checkpoint's own VAE gives the same frames; one with a new, wider decoder
+    behind the same encoder gives other frames; one with another encoder (another latent space) is refused."""
+    own = load_models(bench["model"])[0].vae
+    clip = evaluation.read_split(bench["data"], "test_chars")[0]
+
+    def frames(vae_folder: Path | None) -> np.ndarray:
+        vae = evaluation.load_decoder(vae_folder / "vae.safetensors", "cpu") if vae_folder else None
+        return evaluation.model_method(bench["model"], 1, 1.0, None, "cpu", vae)[0](clip.reference, clip.poses, 0)
+
+    torch.manual_seed(1)
+    for name, vae in [("same", own), ("wide", with_new_decoder(own, (8, 16, 16, 24), 2)),
+                      ("other", AutoencoderKL(own.cfg))]:
+        (tmp_path / name).mkdir()
+        save(vae, tmp_path / name)
+    base = frames(None)
+    assert np.array_equal(frames(tmp_path / "same"), base)
+    assert np.abs(frames(tmp_path / "wide").astype(int) - base).mean() > 1
+    with pytest.raises(ValueError, match="another latent space"):
+        frames(tmp_path / "other")

@@ -4,13 +4,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from aa import config
+from aa.config import VAEConfig
 from aa.vae import AutoencoderKL
-from aa.weights.sd import save_native
+from aa.weights.sd import load_vae, save_native
 from tools import train_vae
 from tools.synthetic import write_dataset
 
@@ -35,3 +37,45 @@ def test_decoder_only_keeps_the_encoder_bit_identical(tmp_path: Path, capsys: py
     with pytest.raises(SystemExit):
         train_vae.main([*argv, "--decoder-only"])
     assert "--init" in capsys.readouterr().err
+
+
+def test_a_new_decoder_trains_on_the_same_latents(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--decoder-channels/--decoder-layers: a wider, deeper decoder from scratch behind the start's encoder (bytes
+    unchanged), its architecture written to vae_config.json and loadable from it; bad widths are refused."""
+    write_dataset(tmp_path / "data", 32, 32, train_characters=1, val_characters=1, test_characters=1,
+                  clips_per_character=1, frames=4, progress=False)
+    torch.manual_seed(0)
+    save_native(AutoencoderKL(config.tiny().vae), tmp_path / "start.safetensors")
+    argv = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--model", "tiny", "--steps", "2",
+            "--batch-size", "2", "--crop", "16", "--every", "1", "--eval-every", "2", "--init",
+            str(tmp_path / "start.safetensors"), "--decoder-only"]
+    train_vae.main([*argv, "--decoder-channels", "8,16,16,24", "--decoder-layers", "2"])
+    saved = json.loads((tmp_path / "run" / "vae_config.json").read_text())
+    cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    assert cfg.decoder_channels == (8, 16, 16, 24) and cfg.decoder_layers == 2
+    assert cfg.block_out_channels == config.tiny().vae.block_out_channels
+    vae = load_vae(tmp_path / "run" / "vae.safetensors", cfg)
+    assert len(vae.decoder.up_blocks[0].resnets) == 3 and vae.decoder.conv_in.out_channels == 24
+    start, end = load_file(tmp_path / "start.safetensors"), load_file(tmp_path / "run" / "vae.safetensors")
+    encoder = {k for k in start if not k.startswith(("decoder.", "post_quant_conv."))}
+    assert all(torch.equal(start[k], end[k]) for k in encoder)
+    for bad, message in [("8,16", "as many levels"), ("8,16,16,18", "multiples of norm_groups")]:
+        with pytest.raises(SystemExit):
+            train_vae.main([*argv, "--decoder-channels", bad])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_vae.main([a for a in argv if a != "--decoder-only"] + ["--decoder-channels", "8,16,16,16"])
+    assert "add --decoder-only" in capsys.readouterr().err
+
+
+def test_latent_crop_pairs_pixels_with_the_latents_above_them() -> None:
+    """With "moments" that are the frames average-pooled by 4 (std 0), every crop's latent is exactly its pixels
+    average-pooled: the pixel window is the latent window scaled by the frame/latent ratio, for the given frames."""
+    g = np.random.default_rng(0)
+    frames = g.integers(0, 256, (5, 32, 48, 3), dtype=np.uint8)
+    mean = torch.nn.functional.avg_pool2d(train_vae.to_tensor(frames), 4)
+    idx = np.array([3, 0, 3])
+    pixels, z = train_vae.latent_crop(frames, (mean, torch.zeros_like(mean)), idx, 2, 5, 4)
+    assert pixels.shape == (3, 3, 16, 16) and z.shape == (3, 3, 4, 4)
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(pixels, 4), z)
+    assert torch.equal(pixels[0], train_vae.to_tensor(frames[3:4, 8:24, 20:36])[0])

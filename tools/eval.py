@@ -21,7 +21,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +33,16 @@ if __package__ in (None, ""):  # run as `python tools/eval.py`: make the reposit
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aa import metrics  # noqa: E402
+from aa.config import VAEConfig  # noqa: E402
 from aa.data import DataConfig  # noqa: E402
+from aa.models import Models  # noqa: E402
 from aa.pipeline import Settings, animate, with_overrides  # noqa: E402
 from aa.pose import load_json  # noqa: E402
 from aa.pose_render import render_pose  # noqa: E402
+from aa.vae import AutoencoderKL  # noqa: E402
 from aa.video import read_video  # noqa: E402
 from aa.weights.native import load_models  # noqa: E402
+from aa.weights.sd import load_vae  # noqa: E402
 from aa.weights.sources import sampling_fields  # noqa: E402
 
 SPLITS = ("test_chars", "test_motions")
@@ -118,12 +122,36 @@ def model_settings(recorded: dict, steps: int | None, guidance: float | None, wi
     return with_overrides(Settings(**sampling_fields(recorded)), steps=steps, guidance=guidance, window=window)
 
 
+def load_decoder(path: Path, device: str) -> AutoencoderKL:
+    """A VAE written by tools/train_vae.py (vae.safetensors with its vae_config.json beside it), fp32."""
+    cfg_file = path.parent / "vae_config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{cfg_file}: not found; --vae takes a vae.safetensors written by tools/train_vae.py")
+    fields = json.loads(cfg_file.read_text())
+    return load_vae(path, VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}),
+                    dtype=torch.float32, device=device)
+
+
+def with_decoder(models: Models, vae: AutoencoderKL, folder: Path) -> Models:
+    """`models` decoding with `vae`, whose encoder and quant_conv must equal the models' own (the same latent
+    space, so only the decoder differs); ValueError otherwise."""
+    own, new = models.vae.state_dict(), vae.state_dict()
+    for key in own:
+        if not key.startswith(("decoder.", "post_quant_conv.")) and not torch.equal(own[key].float(), new[key].float()):
+            raise ValueError(f"--vae has another encoder than {folder} ({key} differs): another latent space")
+    cfg = replace(models.cfg, vae=vae.cfg) if models.cfg is not None else None
+    return replace(models, vae=vae.to(next(models.vae.parameters()).dtype), cfg=cfg)
+
+
 def model_method(folder: Path, steps: int | None, guidance: float | None, window: int | None,
-                 device: str) -> tuple[Method, dict]:
-    """A native checkpoint as a method, and the settings it samples with (JSON-ready, with what it recorded)."""
+                 device: str, vae: AutoencoderKL | None = None) -> tuple[Method, dict]:
+    """A native checkpoint as a method, and the settings it samples with (JSON-ready, with what it recorded);
+    `vae` replaces its VAE for decoding (see with_decoder)."""
     # fp32 on the CPU whatever the file holds (the bundled demo is fp16, which CPU convolutions don't take)
     models, recorded = load_models(folder, dtype=torch.float32 if torch.device(device).type == "cpu" else None,
                                    device=device)
+    if vae is not None:
+        models = with_decoder(models, vae, folder)
     base = model_settings(recorded, steps, guidance, window, folder)
 
     def run(reference: np.ndarray, poses: np.ndarray, seed: int) -> np.ndarray:
@@ -241,6 +269,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"a method to score (repeatable): SPEC is a native checkpoint folder or {COPY_REFERENCE}")
     p.add_argument("--steps", type=int, help="DDIM steps for every model (default: pipeline.Settings')")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: pipeline.Settings')")
+    p.add_argument("--vae", type=Path, help="decode every model with this VAE (tools/train_vae.py --decoder-only "
+                                             "output; its encoder must be the models')")
     p.add_argument("--window", type=int, help="frames per temporal window (default: the whole clip in one window)")
     p.add_argument("--seed", type=int, default=0, help="base seed; clip i of a split uses seed + i for every method")
     p.add_argument("--frames", type=int, help="score only the first N frames of each clip")
@@ -269,11 +299,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     methods: dict[str, Method] = {}
     described: dict[str, dict] = {}
+    vae = load_decoder(args.vae, args.device) if args.vae else None
     for name, spec in args.method:
         if spec == COPY_REFERENCE:
             methods[name], described[name] = copy_reference, {"spec": spec}
         else:
-            methods[name], settings = model_method(Path(spec), args.steps, args.guidance, args.window, args.device)
+            methods[name], settings = model_method(Path(spec), args.steps, args.guidance, args.window, args.device,
+                                                   vae)
             described[name] = {"spec": spec, "settings": settings}
     clips = [c for split in args.splits for c in read_split(args.data, split, args.max_clips, args.frames)]
     records, outputs = evaluate(methods, clips, args.seed, args.sheet_clips, progress=not args.quiet,

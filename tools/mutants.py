@@ -1,4 +1,5 @@
-"""Mutation check: break one piece of the conditioning, a sample.py flag or the fast path at a time; a test must fail.
+"""Mutation check: break one piece of the conditioning, a sample.py flag, the fast path or the VAE decoder tools at a
+time; a test must fail.
 
     .venv/bin/python tools/mutants.py                  # every mutation; a table; exit 1 if any is missed
     .venv/bin/python tools/mutants.py -k guidance eta  # only mutations whose name contains one of these words
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COND = ("tests/test_conditioning.py",)
 FLAGS = ("tests/test_sample_flags.py",)
 FAST = ("tests/test_fast_path.py",)
+VAE = ("tests/test_train_vae.py", "tests/test_demo_vae.py")
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,22 @@ MUTATIONS = [
              FLAGS),
     Mutation("decode-chunk-ignores-free", "aa/pipeline.py", "return max(1, min(chunk, int(0.8 * free) // per_frame))",
              "return chunk", FAST),
+    # a decoder of its own widths behind the same encoder (aa/vae.py, aa/config.py, tools/train_vae.py,
+    # tools/pack_vae_decoder.py)
+    Mutation("decoder-ignores-its-widths", "aa/vae.py", "reversed(cfg.decoder_channels)",
+             "reversed(cfg.block_out_channels)", VAE),
+    Mutation("decoder-ignores-its-depth", "aa/vae.py", "cfg.decoder_layers + 1", "cfg.layers_per_block + 1", VAE),
+    Mutation("latent-crop-misaligned", "tools/train_vae.py", "frames[idx, f * y0:f * (y0 + size), f * x0:",
+             "frames[idx, y0:y0 + f * size, x0:", VAE),
+    Mutation("pack-config-not-written", "tools/pack_vae_decoder.py", "    if model_config is not None:\n        write",
+             "    if False:\n        write", VAE),
+    Mutation("pack-encoder-from-decoder-file", "tools/pack_vae_decoder.py",
+             "packed = {k: v for k, v in target.items() if not",
+             "packed = {k: v.to(dtype) for k, v in source.items() if not", VAE),
+    Mutation("eval-vae-ignored", "tools/eval.py", "        models = with_decoder(models, vae, folder)",
+             "        pass", ("tests/test_eval.py",)),
+    Mutation("eval-vae-encoder-unchecked", "tools/eval.py", "and not torch.equal(own[key].float(), new[key].float())",
+             "and False", ("tests/test_eval.py",)),
 ]
 
 

@@ -1,15 +1,21 @@
-"""Put a fine-tuned VAE decoder into a shipped VAE file without touching its encoder (tools/train_vae.py
+"""Put a fine-tuned or new VAE decoder into a shipped VAE file without touching its encoder (tools/train_vae.py
 --decoder-only; the bundled demo's sharper decoder).
 
     python tools/pack_vae_decoder.py --decoder runs/vae-dec/vae.safetensors --into weights/demo/vae.safetensors
+    python tools/pack_vae_decoder.py --decoder runs/vae-wide/vae.safetensors --into weights/demo/vae.safetensors \\
+        --config weights/demo/config.json          # a decoder of other widths: the model config records them
 
 Tensors under `decoder.` and `post_quant_conv.` come from --decoder, cast to the dtype --into stores them in; every
 other tensor (the encoder and quant_conv: the latent space) is copied byte for byte from --into, so every model
-trained on its latents still fits. Both files must hold the same keys and shapes. Written atomically.
+trained on its latents still fits. The two files must hold the same encoder tensors. If the decoder's tensors differ
+in names or shapes (train_vae.py --decoder-channels/--decoder-layers), its architecture is read from the
+vae_config.json beside --decoder and written into --config's model.vae; the result is checked against that
+architecture before anything is written. Every file is written atomically.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -18,33 +24,65 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+if __package__ in (None, ""):  # run as `python tools/pack_vae_decoder.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aa.config import VAEConfig  # noqa: E402
+from aa.vae import AutoencoderKL  # noqa: E402
+
 DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
+DECODER_FIELDS = ("decoder_block_out_channels", "decoder_layers_per_block")
 
 
-def pack_decoder(decoder: str | os.PathLike, into: str | os.PathLike, out: str | os.PathLike | None = None) -> int:
+def shapes(state: dict[str, torch.Tensor], decoder: bool) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the decoder's tensors (decoder=True) or of everything else."""
+    return {k: tuple(v.shape) for k, v in state.items() if k.startswith(DECODER_PREFIXES) == decoder}
+
+
+def write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.chmod(tmp, 0o644)  # safetensors creates 0600
+    os.replace(tmp, path)
+
+
+def pack_decoder(decoder: str | os.PathLike, into: str | os.PathLike, out: str | os.PathLike | None = None,
+                 config: str | os.PathLike | None = None) -> int:
     """Write `out` (default: `into` itself) = `into` with its decoder tensors from `decoder`; returns how many
-    tensors were replaced. ValueError if the two files' keys or shapes differ."""
+    tensors came from `decoder`. A decoder of another architecture needs `config` (a model config.json, rewritten
+    with the architecture from the vae_config.json beside `decoder`). ValueError, before anything is written, if
+    the encoder tensors differ, or the architecture changed without `config`, or the packed tensors don't match it."""
     target, source = load_file(into), load_file(decoder)
-    if set(target) != set(source):
-        extra, missing = sorted(set(source) - set(target)), sorted(set(target) - set(source))
-        raise ValueError(f"{decoder} and {into} hold different tensors: only in the first {extra[:4]}, "
-                         f"only in the second {missing[:4]}")
+    if shapes(target, False) != shapes(source, False):
+        a, b = shapes(source, False), shapes(target, False)
+        diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        raise ValueError(f"{decoder} and {into} hold different encoder tensors (names or shapes): {diff[:4]}")
+    new_architecture = shapes(target, True) != shapes(source, True)
+    if new_architecture and config is None:
+        raise ValueError(f"the decoder in {decoder} has other tensors than {into}'s (another architecture): pass "
+                         f"--config with the model config.json to record it in")
     with safe_open(str(into), "pt") as f:
         metadata = f.metadata()
-    replaced = 0
-    for key, value in target.items():
-        if key.startswith(DECODER_PREFIXES):
-            if source[key].shape != value.shape:
-                raise ValueError(f"{key}: shape {tuple(source[key].shape)} in {decoder}, {tuple(value.shape)} "
-                                 f"in {into}")
-            target[key] = source[key].to(value.dtype).contiguous()
-            replaced += 1
+    dtype = next(v.dtype for k, v in target.items() if k.startswith(DECODER_PREFIXES))
+    packed = {k: v for k, v in target.items() if not k.startswith(DECODER_PREFIXES)}
+    packed.update({k: v.to(dtype).contiguous() for k, v in source.items() if k.startswith(DECODER_PREFIXES)})
+    model_config = None
+    if config is not None:
+        model_config = json.loads(Path(config).read_text())
+        trained = json.loads((Path(decoder).parent / "vae_config.json").read_text())
+        vae = {**model_config["model"]["vae"], **{k: trained.get(k) for k in DECODER_FIELDS}}
+        cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vae.items()})
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in AutoencoderKL(cfg).state_dict().items()}
+        if expected != {k: tuple(v.shape) for k, v in packed.items()}:
+            raise ValueError(f"the packed tensors don't fit the VAE of {config} with the decoder of "
+                             f"{Path(decoder).parent / 'vae_config.json'} ({cfg})")
+        model_config["model"]["vae"] = vae
     out = Path(out if out is not None else into)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file(target, tmp, metadata=metadata)
-    os.chmod(tmp, 0o644)  # safetensors creates 0600
-    os.replace(tmp, out)
-    return replaced
+    write_atomic(out, lambda tmp: save_file(packed, tmp, metadata=metadata))
+    if model_config is not None:
+        write_atomic(Path(config), lambda tmp: tmp.write_text(json.dumps(model_config, indent=2) + "\n"))
+    return sum(k.startswith(DECODER_PREFIXES) for k in source)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,9 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoder", type=Path, required=True, help="VAE file with the fine-tuned decoder")
     p.add_argument("--into", type=Path, required=True, help="VAE file whose encoder stays (rewritten in place)")
     p.add_argument("--out", type=Path, help="write here instead of over --into")
+    p.add_argument("--config", type=Path, help="model config.json to record a new decoder architecture in "
+                                                "(rewritten in place)")
     args = p.parse_args(argv)
-    n = pack_decoder(args.decoder, args.into, args.out)
-    print(f"wrote {args.out or args.into}: {n} decoder tensors from {args.decoder}")
+    try:
+        n = pack_decoder(args.decoder, args.into, args.out, args.config)
+    except (ValueError, OSError, KeyError) as e:
+        p.error(str(e))
+    print(f"wrote {args.out or args.into}: {n} decoder tensors from {args.decoder}"
+          + (f"; {args.config} records the decoder's architecture" if args.config else ""))
     return 0
 
 

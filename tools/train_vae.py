@@ -19,6 +19,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,65 @@ def reconstruction(vae: AutoencoderKL, frames: np.ndarray, batch: int = 32) -> d
     return {"psnr": psnr_frames(out, frames).mean().item(), "ssim": ssim_frames(out, frames).mean().item()}
 
 
+def channels(text: str) -> tuple[int, ...]:
+    """argparse type: "64,128,128" -> (64, 128, 128)."""
+    try:
+        widths = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive widths, got {text!r}")
+    return widths
+
+
+def with_new_decoder(vae: AutoencoderKL, widths: tuple[int, ...] | None, layers: int | None) -> AutoencoderKL:
+    """A VAE with `vae`'s encoder, quant_conv and post_quant_conv (the same tensors) and a freshly initialised
+    decoder of other widths and/or depth: the latent space stays, the decoder is trained from scratch.
+    ValueError if the widths don't have one level per encoder level or don't divide into the norm groups."""
+    cfg = replace(vae.cfg, decoder_block_out_channels=widths or vae.cfg.decoder_block_out_channels,
+                  decoder_layers_per_block=vae.cfg.decoder_layers if layers is None else layers)
+    if any(c % cfg.norm_groups for c in cfg.decoder_channels):
+        raise ValueError(f"decoder widths {cfg.decoder_channels} must be multiples of norm_groups={cfg.norm_groups}")
+    new = AutoencoderKL(cfg)
+    for name in ("encoder", "quant_conv", "post_quant_conv"):
+        setattr(new, name, getattr(vae, name))
+    return new
+
+
+@torch.no_grad()
+def encode_moments(vae: AutoencoderKL, frames: np.ndarray, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen encoder's posterior mean and std of every (n, h, w, 3) uint8 frame, each (n, latent, h/f, w/f):
+    computed once, so decoder-only training never runs the encoder again."""
+    mean, std = [], []
+    for x in tqdm(to_tensor(frames).split(batch), desc="encode", leave=False):
+        q = vae.posterior(x)
+        mean.append(q.mean)
+        std.append(q.std)
+    return torch.cat(mean), torch.cat(std)
+
+
+def latent_crop(frames: np.ndarray, moments: tuple[torch.Tensor, torch.Tensor], idx: np.ndarray, y0: int, x0: int,
+                size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same crop of frames `idx` in both spaces: a posterior sample over latent rows y0..y0+size and columns
+    x0..x0+size of the cached whole-frame moments (mean, std), and the pixels under it ((b, 3, fs, fs) in [-1, 1],
+    f = frame size / latent size). Cropping whole-frame latents gives the decoder what it sees at inference."""
+    mean, std = moments
+    f = frames.shape[1] // mean.shape[-2]
+    rows = torch.from_numpy(np.asarray(idx))
+    mean, std = mean[rows, :, y0:y0 + size, x0:x0 + size], std[rows, :, y0:y0 + size, x0:x0 + size]
+    pixels = to_tensor(frames[idx, f * y0:f * (y0 + size), f * x0:f * (x0 + size)])
+    return pixels, mean + std * torch.randn_like(mean)
+
+
+def save(vae: AutoencoderKL, out: Path) -> None:
+    """vae.safetensors (native names, fp32) and vae_config.json (its VAEConfig, which tools/pack_vae_decoder.py
+    reads when the decoder's architecture changed), both written atomically."""
+    save_native(vae, out / "vae.safetensors")
+    tmp = out / "vae_config.json.tmp"
+    tmp.write_text(json.dumps(asdict(vae.cfg), indent=1))
+    tmp.replace(out / "vae_config.json")
+
+
 def decoder_parameters(vae: AutoencoderKL) -> list[torch.nn.Parameter]:
     """What `--decoder-only` trains: the decoder and post_quant_conv (everything after the latent)."""
     return [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
@@ -83,14 +143,21 @@ def main(argv: list[str] | None = None) -> None:
                                              "reads; loaded as fp32) instead of a fresh one")
     p.add_argument("--decoder-only", action="store_true",
                    help="train only the decoder and post_quant_conv of --init; the encoder stays bit-identical")
+    p.add_argument("--decoder-channels", type=channels,
+                   help="with --decoder-only: a new decoder of these widths (comma-separated, top level first, as "
+                        "many levels as the encoder), trained from scratch on the same latents")
+    p.add_argument("--decoder-layers", type=int, help="with --decoder-channels: ResNets per decoder level, minus one")
     p.add_argument("--l1", type=float, default=1.0, help="weight of the L1 term next to the MSE (0: MSE only)")
     p.add_argument("--eval-split", default="test_chars", help="split for the before/after reconstruction scores")
     p.add_argument("--eval-every", type=int, default=4, help="score every N-th frame of --eval-split's videos")
+    p.add_argument("--val-every", type=int, default=100, help="score the validation frames and save every N steps")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     args = p.parse_args(argv)
 
     if args.decoder_only and args.init is None:
         p.error("--decoder-only fine-tunes an existing VAE: give it with --init")
+    if (args.decoder_channels or args.decoder_layers is not None) and not args.decoder_only:
+        p.error("--decoder-channels/--decoder-layers build a new decoder for a frozen encoder: add --decoder-only")
     if args.crop % 8 or args.crop < 8:
         p.error(f"--crop must be a positive multiple of 8, got {args.crop}")
     torch.manual_seed(args.seed)
@@ -102,6 +169,11 @@ def main(argv: list[str] | None = None) -> None:
     held_out = load_frames(args.data, args.eval_split, args.eval_every)
     if args.init is not None:
         vae = load_vae(args.init, PRESETS[args.model]().vae, dtype=torch.float32)
+        if args.decoder_channels or args.decoder_layers is not None:
+            try:
+                vae = with_new_decoder(vae, args.decoder_channels, args.decoder_layers)
+            except ValueError as e:
+                p.error(str(e))
     else:
         vae = AutoencoderKL(PRESETS[args.model]().vae)
         with torch.no_grad():  # start nearly deterministic: with log-variance 0 the posterior's unit noise drowns
@@ -111,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
         params = decoder_parameters(vae)
+    if args.decoder_only:  # the encoder is frozen: encode every frame (and its mirror image) once, whole
+        mirrored = np.ascontiguousarray(train[:, :, ::-1])
+        moments = {False: encode_moments(vae, train), True: encode_moments(vae, mirrored)}
     before = reconstruction(vae, held_out)
     print(f"{args.eval_split} reconstruction before: PSNR {before['psnr']:.2f} dB, SSIM {before['ssim']:.4f} "
           f"({len(held_out)} frames)")
@@ -123,11 +198,16 @@ def main(argv: list[str] | None = None) -> None:
     t0, score = time.time(), math.nan
     for step in bar:
         idx = rng.integers(0, len(train), args.batch_size)
-        y0, x0 = rng.integers(0, train.shape[1] - args.crop + 1), rng.integers(0, train.shape[2] - args.crop + 1)
-        x = to_tensor(train[idx, y0:y0 + args.crop, x0:x0 + args.crop])
-        if rng.random() < 0.5:
-            x = x.flip(-1)
-        with torch.set_grad_enabled(not args.decoder_only):
+        if args.decoder_only:  # a crop of the whole frame's cached latent, on the latent grid, and its pixels
+            c = args.crop // vae.downscale
+            y0, x0 = (int(rng.integers(0, n // vae.downscale - c + 1)) for n in train.shape[1:3])
+            mirror = bool(rng.random() < 0.5)
+            x, z = latent_crop(mirrored if mirror else train, moments[mirror], idx, y0, x0, c)
+        else:
+            y0, x0 = rng.integers(0, train.shape[1] - args.crop + 1), rng.integers(0, train.shape[2] - args.crop + 1)
+            x = to_tensor(train[idx, y0:y0 + args.crop, x0:x0 + args.crop])
+            if rng.random() < 0.5:
+                x = x.flip(-1)
             q = vae.posterior(x)
             z = q.sample()
         recon = vae.decoder(vae.post_quant_conv(z))
@@ -139,15 +219,15 @@ def main(argv: list[str] | None = None) -> None:
         opt.step()
         sched.step()
         bar.set_postfix(rec=f"{rec.item():.4f}")
-        if (step + 1) % 100 == 0 or step + 1 == args.steps:
+        if (step + 1) % args.val_every == 0 or step + 1 == args.steps:
             with torch.no_grad():
                 out = vae(val).clamp(-1, 1)
             score = psnr((out.permute(0, 2, 3, 1) + 1) / 2, (val.permute(0, 2, 3, 1) + 1) / 2)
             log.write(json.dumps({"step": step + 1, "rec": rec.item(), "val_psnr": score,
                                   "time": time.time() - t0}) + "\n")
             log.flush()
-            save_native(vae, args.out / "vae.safetensors")
-    save_native(vae, args.out / "vae.safetensors")
+            save(vae, args.out)
+    save(vae, args.out)
     after = reconstruction(vae, held_out)
     print(f"{args.eval_split} reconstruction after: PSNR {after['psnr']:.2f} dB, SSIM {after['ssim']:.4f}")
     (args.out / "reconstruction.json").write_text(json.dumps({"split": args.eval_split, "frames": len(held_out),
