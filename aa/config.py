@@ -175,12 +175,13 @@ def to_dict(cfg: ModelConfig) -> dict:
     return asdict(cfg)
 
 
+def build(cls, fields: dict):
+    """One config dataclass from its JSON fields (lists become tuples); unknown fields raise a TypeError."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
 def from_dict(d: dict) -> ModelConfig:
     """Inverse of `to_dict`; unknown or missing fields raise a TypeError naming them."""
-
-    def build(cls, fields: dict):
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
-
     unet = dict(d["unet"])
     motion = unet.pop("motion", None)
     return ModelConfig(

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from aa import config
-from aa.config import VAEConfig
+from aa.config import VAEConfig, build
 from aa.vae import AutoencoderKL
 from aa.weights.sd import load_vae, save_native
 from tools import train_vae
@@ -51,7 +51,7 @@ def test_a_new_decoder_trains_on_the_same_latents(tmp_path: Path, capsys: pytest
             str(tmp_path / "start.safetensors"), "--decoder-only"]
     train_vae.main([*argv, "--decoder-channels", "8,16,16,24", "--decoder-layers", "2"])
     saved = json.loads((tmp_path / "run" / "vae_config.json").read_text())
-    cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    cfg = build(VAEConfig, saved)
     assert cfg.decoder_channels == (8, 16, 16, 24) and cfg.decoder_layers == 2
     assert cfg.block_out_channels == config.tiny().vae.block_out_channels
     vae = load_vae(tmp_path / "run" / "vae.safetensors", cfg)

@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as `python tools/eval.py`: make the reposit
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aa import metrics  # noqa: E402
-from aa.config import VAEConfig  # noqa: E402
+from aa.config import VAEConfig, build  # noqa: E402
 from aa.data import DataConfig  # noqa: E402
 from aa.models import Models  # noqa: E402
 from aa.pipeline import Settings, animate, with_overrides  # noqa: E402
@@ -127,9 +127,7 @@ def load_decoder(path: Path, device: str) -> AutoencoderKL:
     cfg_file = path.parent / "vae_config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file}: not found; --vae takes a vae.safetensors written by tools/train_vae.py")
-    fields = json.loads(cfg_file.read_text())
-    return load_vae(path, VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}),
-                    dtype=torch.float32, device=device)
+    return load_vae(path, build(VAEConfig, json.loads(cfg_file.read_text())), dtype=torch.float32, device=device)
 
 
 def with_decoder(models: Models, vae: AutoencoderKL, folder: Path) -> Models:

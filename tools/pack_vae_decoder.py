@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 if __package__ in (None, ""):  # run as `python tools/pack_vae_decoder.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aa.config import VAEConfig  # noqa: E402
+from aa.config import VAEConfig, build  # noqa: E402
 from aa.vae import AutoencoderKL  # noqa: E402
 
 DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
@@ -71,7 +71,7 @@ def pack_decoder(decoder: str | os.PathLike, into: str | os.PathLike, out: str |
         model_config = json.loads(Path(config).read_text())
         trained = json.loads((Path(decoder).parent / "vae_config.json").read_text())
         vae = {**model_config["model"]["vae"], **{k: trained.get(k) for k in DECODER_FIELDS}}
-        cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vae.items()})
+        cfg = build(VAEConfig, vae)
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in AutoencoderKL(cfg).state_dict().items()}
         if expected != {k: tuple(v.shape) for k, v in packed.items()}:

@@ -3,14 +3,19 @@
     python tools/train_vae.py --data data/synth --out runs/vae --steps 3000
     python tools/train_vae.py --data data/synth --out runs/vae-dec --init weights/demo/vae.safetensors \
         --decoder-only --crop 64 --l1 0 --steps 550 --batch-size 8 --lr 2e-4     # same latent space
+    python tools/train_vae.py --data data/synth --out runs/vae-wide --init weights/demo/vae.safetensors \
+        --decoder-only --decoder-channels 32,128,128 --decoder-layers 2 --crop 32   # a new, wider decoder
 
 Stable Diffusion's VAE was trained with perceptual and adversarial losses (LDM, Rombach et al. 2022, sec. 3); at
 this scale plain L1 + MSE reconstruction with a small KL term (weight 1e-6, as LDM) is enough for flat synthetic
 characters, trained on random crops to save compute. `--decoder-only` fine-tunes the decoder and post_quant_conv of
 an existing VAE with the encoder frozen, as sd-vae-ft-mse did for SD's (a drop-in replacement: latents, and so every
-model trained on them, are unchanged; ft-MSE used MSE + 0.1 LPIPS, we have no LPIPS and use MSE, i.e. PSNR itself).
-Writes `vae.safetensors` (our names, fp32, loadable by aa.weights.load_vae) and prints validation PSNR, and the
-held-out reconstruction PSNR/SSIM on `--eval-split` before and after.
+model trained on them, are unchanged; ft-MSE used MSE + 0.1 LPIPS, we have no LPIPS and use MSE, i.e. PSNR itself);
+with --decoder-channels/--decoder-layers the decoder is a new one of that size, trained from scratch (pack it with
+tools/pack_vae_decoder.py --config). Decoder-only runs encode every training frame once and train on crops of the
+whole-frame latents. Writes `vae.safetensors` (our names, fp32, loadable by aa.weights.load_vae) and
+`vae_config.json` (its architecture), and prints validation PSNR, and the held-out reconstruction PSNR/SSIM on
+`--eval-split` before and after.
 """
 from __future__ import annotations
 
