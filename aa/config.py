@@ -45,7 +45,7 @@ class VAEConfig:
     norm_groups: int = 32
     scaling_factor: float = 0.18215
     # The decoder's own widths and ResNets per level, when they differ from the encoder's (None: the encoder's, as
-    # in SD). A wider decoder on the same encoder keeps the latent space (the bundled demo's sharper decoder).
+    # in SD). A wider decoder on the same encoder keeps the latent space (tools/train_vae.py --decoder-channels).
     decoder_block_out_channels: tuple[int, ...] | None = None
     decoder_layers_per_block: int | None = None
 

@@ -1,5 +1,5 @@
-"""Put a fine-tuned or new VAE decoder into a shipped VAE file without touching its encoder (tools/train_vae.py
---decoder-only; the bundled demo's sharper decoder).
+"""Put a fine-tuned or new VAE decoder (tools/train_vae.py --decoder-only) into a shipped VAE file without touching
+its encoder.
 
     python tools/pack_vae_decoder.py --decoder runs/vae-dec/vae.safetensors --into weights/demo/vae.safetensors
     python tools/pack_vae_decoder.py --decoder runs/vae-wide/vae.safetensors --into weights/demo/vae.safetensors \\
