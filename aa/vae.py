@@ -14,6 +14,11 @@ from .config import VAEConfig
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
 
+# State-dict prefixes of what comes after the latent: a decoder-only fine-tune or swap replaces these and keeps the
+# rest (the encoder and quant_conv, i.e. the latent space)
+DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
+
+
 class VAEAttention(Attention):
     """Single-head self-attention over the h*w positions with biases, GroupNorm in front, residual."""
 

@@ -39,7 +39,8 @@ from aa.models import Models  # noqa: E402
 from aa.pipeline import Settings, animate, with_overrides  # noqa: E402
 from aa.pose import load_json  # noqa: E402
 from aa.pose_render import render_pose  # noqa: E402
-from aa.vae import AutoencoderKL  # noqa: E402
+from aa.step import module_dtype  # noqa: E402
+from aa.vae import DECODER_PREFIXES, AutoencoderKL  # noqa: E402
 from aa.video import read_video  # noqa: E402
 from aa.weights.native import load_models  # noqa: E402
 from aa.weights.sd import load_vae  # noqa: E402
@@ -135,10 +136,10 @@ def with_decoder(models: Models, vae: AutoencoderKL, folder: Path) -> Models:
     space, so only the decoder differs); ValueError otherwise."""
     own, new = models.vae.state_dict(), vae.state_dict()
     for key in own:
-        if not key.startswith(("decoder.", "post_quant_conv.")) and not torch.equal(own[key].float(), new[key].float()):
+        if not key.startswith(DECODER_PREFIXES) and not torch.equal(own[key].float(), new[key].float()):
             raise ValueError(f"--vae has another encoder than {folder} ({key} differs): another latent space")
     cfg = replace(models.cfg, vae=vae.cfg) if models.cfg is not None else None
-    return replace(models, vae=vae.to(next(models.vae.parameters()).dtype), cfg=cfg)
+    return replace(models, vae=vae.to(module_dtype(models.vae)), cfg=cfg)
 
 
 def model_method(folder: Path, steps: int | None, guidance: float | None, window: int | None,

@@ -28,9 +28,7 @@ if __package__ in (None, ""):  # run as `python tools/pack_vae_decoder.py`: make
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aa.config import VAEConfig, build  # noqa: E402
-from aa.vae import AutoencoderKL  # noqa: E402
-
-DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
+from aa.vae import DECODER_PREFIXES, AutoencoderKL  # noqa: E402
 DECODER_FIELDS = ("decoder_block_out_channels", "decoder_layers_per_block")
 
 
