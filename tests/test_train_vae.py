@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 
 from aa import config
 from aa.config import VAEConfig, build
+from aa.training.loop import TrainConfig
+from aa.training.setup import stage1_models
 from aa.vae import AutoencoderKL
 from aa.weights.sd import load_vae, save_native
 from tools import train_vae
@@ -79,3 +81,25 @@ def test_latent_crop_pairs_pixels_with_the_latents_above_them() -> None:
     assert pixels.shape == (3, 3, 16, 16) and z.shape == (3, 3, 4, 4)
     torch.testing.assert_close(torch.nn.functional.avg_pool2d(pixels, 4), z)
     assert torch.equal(pixels[0], train_vae.to_tensor(frames[3:4, 8:24, 20:36])[0])
+
+
+def test_a_fresh_vae_of_other_widths_trains_and_stage1_loads_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--channels/--layers: a fresh VAE of other widths, trained on the frames of two dataset folders, recorded in
+    vae_config.json; `train.py --vae` builds that architecture from it (not the preset's); bad sizes are refused."""
+    for seed, name in enumerate(("a", "b")):
+        write_dataset(tmp_path / name, 32, 32, train_characters=1, val_characters=1, test_characters=1,
+                      clips_per_character=1, frames=4, seed=seed, progress=False)
+    assert len(train_vae.load_frames([tmp_path / "a", tmp_path / "b"], "train", 1)) == 8
+    argv = ["--data", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "run"), "--model", "tiny",
+            "--steps", "2", "--batch-size", "2", "--crop", "16", "--every", "1", "--eval-every", "2"]
+    train_vae.main([*argv, "--channels", "8,16,16,24", "--layers", "2"])
+    cfg = build(VAEConfig, json.loads((tmp_path / "run" / "vae_config.json").read_text()))
+    assert cfg.block_out_channels == (8, 16, 16, 24) and cfg.layers_per_block == 2
+    models = stage1_models(TrainConfig(model="tiny", vae=str(tmp_path / "run" / "vae.safetensors")))
+    assert models.vae.cfg == cfg and models.cfg.vae == cfg
+    assert len(models.vae.encoder.down_blocks[0].resnets) == 2
+    for bad, message in [(["--channels", "8,16"], "needs 4 levels"), (["--channels", "8,16,16,18"], "norm_groups"),
+                         (["--layers", "-1"], ">= 0"), (["--layers", "1", "--init", "x.safetensors"], "fresh VAE")]:
+        with pytest.raises(SystemExit):
+            train_vae.main([*argv, *bad])
+        assert message in capsys.readouterr().err

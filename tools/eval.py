@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as `python tools/eval.py`: make the reposit
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aa import metrics  # noqa: E402
-from aa.config import VAEConfig, build  # noqa: E402
+from aa.config import VAEConfig  # noqa: E402
 from aa.data import DataConfig  # noqa: E402
 from aa.models import Models  # noqa: E402
 from aa.pipeline import Settings, animate, with_overrides  # noqa: E402
@@ -43,7 +43,7 @@ from aa.step import module_dtype  # noqa: E402
 from aa.vae import DECODER_PREFIXES, AutoencoderKL  # noqa: E402
 from aa.video import read_video  # noqa: E402
 from aa.weights.native import load_models  # noqa: E402
-from aa.weights.sd import load_vae  # noqa: E402
+from aa.weights.sd import load_vae, vae_config_beside  # noqa: E402
 from aa.weights.sources import sampling_fields  # noqa: E402
 
 SPLITS = ("test_chars", "test_motions")
@@ -128,7 +128,7 @@ def load_decoder(path: Path, device: str) -> AutoencoderKL:
     cfg_file = path.parent / "vae_config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file}: not found; --vae takes a vae.safetensors written by tools/train_vae.py")
-    return load_vae(path, build(VAEConfig, json.loads(cfg_file.read_text())), dtype=torch.float32, device=device)
+    return load_vae(path, vae_config_beside(path, VAEConfig()), dtype=torch.float32, device=device)
 
 
 def with_decoder(models: Models, vae: AutoencoderKL, folder: Path) -> Models:

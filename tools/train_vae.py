@@ -5,6 +5,8 @@
         --decoder-only --crop 64 --l1 0 --steps 550 --batch-size 8 --lr 2e-4     # same latent space
     python tools/train_vae.py --data data/synth --out runs/vae-wide --init weights/demo/vae.safetensors \
         --decoder-only --decoder-channels 32,128,128 --decoder-layers 2 --crop 32   # a new, wider decoder
+    python tools/train_vae.py --data data/synth data/synth-extra --out runs/vae-wide --channels 64,128,128 \
+        --crop 32 --lr 1e-3                             # a fresh, wider VAE on two datasets: a new latent space
 
 Stable Diffusion's VAE was trained with perceptual and adversarial losses (LDM, Rombach et al. 2022, sec. 3); at
 this scale plain L1 + MSE reconstruction with a small KL term (weight 1e-6, as LDM) is enough for flat synthetic
@@ -12,8 +14,9 @@ characters, trained on random crops to save compute. `--decoder-only` fine-tunes
 an existing VAE with the encoder frozen, as sd-vae-ft-mse did for SD's (a drop-in replacement: latents, and so every
 model trained on them, are unchanged; ft-MSE used MSE + 0.1 LPIPS, we have no LPIPS and use MSE, i.e. PSNR itself);
 with --decoder-channels/--decoder-layers the decoder is a new one of that size, trained from scratch (pack it with
-tools/pack_vae_decoder.py --config). Decoder-only runs encode every training frame once and train on crops of the
-whole-frame latents. Writes `vae.safetensors` (our names, fp32, loadable by aa.weights.load_vae) and
+tools/pack_vae_decoder.py --config). --channels/--layers size a fresh VAE (a new latent space: every network must
+be trained again on it; `train.py --vae` reads its architecture from the vae_config.json beside it). Decoder-only
+runs encode every training frame once and train on crops of the whole-frame latents. Writes `vae.safetensors` (our names, fp32, loadable by aa.weights.load_vae) and
 `vae_config.json` (its architecture), and prints validation PSNR, and the held-out reconstruction PSNR/SSIM on
 `--eval-split` before and after.
 """
@@ -44,10 +47,11 @@ from aa.weights.sd import load_vae, save_native  # noqa: E402
 PRESETS = {"demo": config.demo, "tiny": config.tiny}
 
 
-def load_frames(data: Path, split: str, every: int) -> np.ndarray:
-    """Every `every`-th frame of every video of a split, (n, h, w, 3) uint8."""
-    entries = json.loads((data / f"{split}.json").read_text())
-    return np.concatenate([read_video(data / e["video"])[::every] for e in entries])
+def load_frames(data: Path | list[Path], split: str, every: int) -> np.ndarray:
+    """Every `every`-th frame of every video of a split (of each dataset folder), (n, h, w, 3) uint8."""
+    folders = [data] if isinstance(data, Path) else data
+    return np.concatenate([read_video(folder / e["video"])[::every] for folder in folders
+                           for e in json.loads((folder / f"{split}.json").read_text())])
 
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -133,7 +137,9 @@ def decoder_parameters(vae: AutoencoderKL) -> list[torch.nn.Parameter]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="synthetic dataset folder (tools/synthetic)")
+    p.add_argument("--data", type=Path, nargs="+", required=True,
+                   help="synthetic dataset folder(s) (tools/synthetic); the training frames come from all of them, "
+                        "validation and --eval-split from the first")
     p.add_argument("--out", type=Path, required=True, help="output folder for vae.safetensors and log.jsonl")
     p.add_argument("--model", choices=sorted(PRESETS), default="demo", help="architecture preset (its VAE)")
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps")
@@ -143,6 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--every", type=int, default=2, help="use every N-th frame of the training videos")
     p.add_argument("--crop", type=int, default=48, help="train on random square crops of this size (a multiple "
                                                         "of 8; the VAE is convolutional, so it runs on full frames)")
+    p.add_argument("--channels", type=channels, help="a fresh VAE of these widths (comma-separated, top level "
+                                                     "first) instead of the preset's; the latent space is new")
+    p.add_argument("--layers", type=int, help="with a fresh VAE: ResNets per encoder level (the decoder has one more)")
     p.add_argument("--init-logvar", type=float, default=-8.0, help="initial posterior log-variance (bias)")
     p.add_argument("--init", type=Path, help="start from this VAE file (native or any format aa.weights.load_vae "
                                              "reads; loaded as fp32) instead of a fresh one")
@@ -167,11 +176,15 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--crop must be a positive multiple of 8, got {args.crop}")
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
+    if (args.channels or args.layers is not None) and args.init is not None:
+        p.error("--channels/--layers size a fresh VAE: drop --init (or use --decoder-channels with --decoder-only)")
+    if args.layers is not None and args.layers < 0:
+        p.error(f"--layers must be >= 0, got {args.layers}")
     train = load_frames(args.data, "train", args.every)
     if args.crop > min(train.shape[1:3]):
         p.error(f"--crop {args.crop} is larger than the frames ({train.shape[2]}x{train.shape[1]})")
-    val = to_tensor(load_frames(args.data, "val", 8)[:64])
-    held_out = load_frames(args.data, args.eval_split, args.eval_every)
+    val = to_tensor(load_frames(args.data[0], "val", 8)[:64])
+    held_out = load_frames(args.data[0], args.eval_split, args.eval_every)
     if args.init is not None:
         vae = load_vae(args.init, PRESETS[args.model]().vae, dtype=torch.float32)
         if args.decoder_channels or args.decoder_layers is not None:
@@ -180,7 +193,15 @@ def main(argv: list[str] | None = None) -> None:
             except ValueError as e:
                 p.error(str(e))
     else:
-        vae = AutoencoderKL(PRESETS[args.model]().vae)
+        cfg = PRESETS[args.model]().vae
+        cfg = replace(cfg, block_out_channels=args.channels or cfg.block_out_channels,
+                      layers_per_block=cfg.layers_per_block if args.layers is None else args.layers)
+        if len(cfg.block_out_channels) != len(PRESETS[args.model]().vae.block_out_channels):
+            p.error(f"--channels needs {len(PRESETS[args.model]().vae.block_out_channels)} levels, as the "
+                    f"{args.model} preset (the same downscaling, which its UNet expects), got {args.channels}")
+        if any(c % cfg.norm_groups for c in cfg.block_out_channels):
+            p.error(f"--channels {cfg.block_out_channels} must be multiples of norm_groups={cfg.norm_groups}")
+        vae = AutoencoderKL(cfg)
         with torch.no_grad():  # start nearly deterministic: with log-variance 0 the posterior's unit noise drowns
             vae.quant_conv.bias[vae.cfg.latent_channels:] = args.init_logvar  # the small initial means
     params = list(vae.parameters())

@@ -14,7 +14,7 @@ from ..weights.animate import insert_motion_modules
 from ..weights.clip import load_clip
 from ..weights.controlnet import controlnet_pose_guider_state
 from ..weights.native import load_models
-from ..weights.sd import load_vae, unet_state_dict
+from ..weights.sd import load_vae, unet_state_dict, vae_config_beside
 
 if TYPE_CHECKING:
     from .loop import TrainConfig
@@ -38,7 +38,7 @@ def stage1_models(cfg: TrainConfig) -> Models:
         models.reference_net.load_state_dict({k: v for k, v in state.items() if not k.startswith("conv_")
                                               or k.startswith("conv_in.")})
     if cfg.vae:
-        models.vae = load_vae(cfg.vae, models.vae.cfg, dtype=torch.float32)
+        models.vae = load_vae(cfg.vae, vae_config_beside(cfg.vae, models.vae.cfg), dtype=torch.float32)
     if cfg.clip:
         models.image_encoder = load_clip(cfg.clip, dtype=torch.float32)
     if cfg.pose_guider_init:

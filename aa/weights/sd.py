@@ -6,6 +6,7 @@ copies, checked strictly and assigned into a model built on the meta device, so 
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import UNetConfig, VAEConfig, sd15_unet
+from ..config import UNetConfig, VAEConfig, build, sd15_unet
 from ..unet import UNet
 from ..vae import AutoencoderKL
 from .detect import describe, kinds, read_keys
@@ -173,6 +174,19 @@ def load_vae(path: str | os.PathLike, cfg: VAEConfig | None = None, dtype: torch
     cfg = cfg or VAEConfig()
     state, file, fmt = vae_state_dict(path, cfg, dtype)
     return build_and_load(lambda: AutoencoderKL(cfg), state, file, fmt, device=device)
+
+
+def vae_config_beside(path: str | os.PathLike, default: VAEConfig) -> VAEConfig:
+    """The architecture recorded in the `vae_config.json` that tools/train_vae.py writes beside (or, for a folder,
+    inside) a VAE file it trained; `default` where there is none (public files and SD layouts carry no config)."""
+    path = Path(path)
+    file = (path if path.is_dir() else path.parent) / "vae_config.json"
+    if not file.is_file():
+        return default
+    try:
+        return build(VAEConfig, json.loads(file.read_text()))
+    except (ValueError, TypeError) as e:
+        raise WeightsError(f"{file}: not a VAE architecture written by tools/train_vae.py ({e})") from None
 
 
 def save_native(module: nn.Module, path: str | os.PathLike) -> None:
