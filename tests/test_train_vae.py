@@ -103,3 +103,24 @@ def test_a_fresh_vae_of_other_widths_trains_and_stage1_loads_it(tmp_path: Path, 
         with pytest.raises(SystemExit):
             train_vae.main([*argv, *bad])
         assert message in capsys.readouterr().err
+
+
+def test_widened_decoder_computes_the_same_function_and_can_train_apart() -> None:
+    """widen_decoder(vae, 2): twice the widths, the same images from the same latents (attention included), the
+    encoder's own tensors, and copies of a channel that read their inputs with different weights (they train apart)."""
+    torch.manual_seed(0)
+    vae = AutoencoderKL(config.demo().vae)
+    for p in vae.decoder.parameters():  # away from the initialisation's zeros and ones, so every path matters
+        p.data += 0.05 * torch.randn_like(p)
+    wide = train_vae.widen_decoder(vae, 2, torch.Generator().manual_seed(0))
+    assert wide.cfg.decoder_channels == tuple(2 * c for c in vae.cfg.decoder_channels)
+    assert wide.encoder is vae.encoder and wide.post_quant_conv is vae.post_quant_conv
+    z = torch.randn(2, vae.cfg.latent_channels, 6, 5)
+    with torch.no_grad():
+        old, new = vae.decoder(z), wide.decoder(z)
+    assert old.abs().mean() > 0.1
+    torch.testing.assert_close(new, old, atol=2e-4, rtol=1e-4)
+    conv = wide.decoder.mid_block.resnets[0].conv1.weight
+    assert not torch.allclose(conv[0], conv[1])
+    torch.testing.assert_close(conv[0].view(conv.shape[1] // 2, 2, 3, 3).sum(1),
+                               vae.decoder.mid_block.resnets[0].conv1.weight[0])

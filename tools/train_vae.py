@@ -97,6 +97,30 @@ def with_new_decoder(vae: AutoencoderKL, widths: tuple[int, ...] | None, layers:
 
 
 @torch.no_grad()
+def widen_decoder(vae: AutoencoderKL, factor: int, generator: torch.Generator | None = None) -> AutoencoderKL:
+    """`vae` with a decoder `factor` times as wide that computes the same function (Net2WiderNet, Chen et al. 2016):
+    every hidden channel becomes `factor` adjacent copies (so each stays in its GroupNorm group, whose statistics
+    are unchanged), and each weight reading a copied channel is split between the copies at random fractions that
+    sum to one, so the copies start equal in value but get different gradients and train apart. The attention's
+    query is divided by sqrt(factor): the dot product over twice the copies doubles, the softmax scale only falls by
+    sqrt(2). Encoder, quant_conv and post_quant_conv are `vae`'s own tensors: the latent space stays. Training starts
+    from the old decoder's quality instead of from scratch."""
+    new = with_new_decoder(vae, tuple(factor * c for c in vae.cfg.decoder_channels), None)
+    state = {}
+    for name, t in vae.decoder.state_dict().items():
+        if not name.startswith("conv_out."):  # every output but the image's RGB is a hidden channel
+            t = t.repeat_interleave(factor, 0)
+        if t.ndim > 1 and not name.startswith("conv_in."):  # every input but the latent is a hidden channel
+            share = torch.rand(t.shape[0], t.shape[1], factor, *t.shape[2:], generator=generator)
+            t = t.repeat_interleave(factor, 1) * (share / share.sum(2, keepdim=True)).flatten(1, 2)
+        if ".to_q." in name:
+            t = t / math.sqrt(factor)
+        state[name] = t
+    new.decoder.load_state_dict(state)
+    return new
+
+
+@torch.no_grad()
 def encode_moments(vae: AutoencoderKL, frames: np.ndarray, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen encoder's posterior mean and std of every (n, h, w, 3) uint8 frame, each (n, latent, h/f, w/f):
     computed once, so decoder-only training never runs the encoder again."""
@@ -161,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="with --decoder-only: a new decoder of these widths (comma-separated, top level first, as "
                         "many levels as the encoder), trained from scratch on the same latents")
     p.add_argument("--decoder-layers", type=int, help="with --decoder-channels: ResNets per decoder level, minus one")
+    p.add_argument("--widen-decoder", type=int, metavar="K",
+                   help="with --decoder-only: start from --init's decoder made K times as wide, computing the same "
+                        "function (Net2WiderNet), instead of training a new one from scratch")
     p.add_argument("--l1", type=float, default=1.0, help="weight of the L1 term next to the MSE (0: MSE only)")
     p.add_argument("--eval-split", default="test_chars", help="split for the before/after reconstruction scores")
     p.add_argument("--eval-every", type=int, default=4, help="score every N-th frame of --eval-split's videos")
@@ -172,6 +199,10 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--decoder-only fine-tunes an existing VAE: give it with --init")
     if (args.decoder_channels or args.decoder_layers is not None) and not args.decoder_only:
         p.error("--decoder-channels/--decoder-layers build a new decoder for a frozen encoder: add --decoder-only")
+    if args.widen_decoder is not None and (not args.decoder_only or args.widen_decoder < 2
+                                           or args.decoder_channels or args.decoder_layers is not None):
+        p.error("--widen-decoder K (K >= 2) widens --init's decoder: it needs --decoder-only and excludes "
+                "--decoder-channels/--decoder-layers")
     if args.crop % 8 or args.crop < 8:
         p.error(f"--crop must be a positive multiple of 8, got {args.crop}")
     torch.manual_seed(args.seed)
@@ -192,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
                 vae = with_new_decoder(vae, args.decoder_channels, args.decoder_layers)
             except ValueError as e:
                 p.error(str(e))
+        if args.widen_decoder:
+            vae = widen_decoder(vae, args.widen_decoder)
     else:
         cfg = PRESETS[args.model]().vae
         cfg = replace(cfg, block_out_channels=args.channels or cfg.block_out_channels,
