@@ -175,6 +175,15 @@ MUTATIONS = [
              "        pass", ("tests/test_eval.py",)),
     Mutation("eval-vae-encoder-unchecked", "tools/eval.py", "and not torch.equal(own[key].float(), new[key].float())",
              "and False", ("tests/test_eval.py",)),
+    # a fresh VAE of other widths, and a widened decoder (tools/train_vae.py, aa/weights/sd.py)
+    Mutation("stage1-vae-ignores-its-config", "aa/training/setup.py", "vae_config_beside(cfg.vae, models.vae.cfg)",
+             "models.vae.cfg", VAE),
+    Mutation("train-vae-reads-one-folder", "tools/train_vae.py", "for folder in folders\n", "for folder in folders[:1]\n",
+             VAE),
+    Mutation("widen-query-unscaled", "tools/train_vae.py", "            t = t / math.sqrt(factor)",
+             "            t = t", VAE),
+    Mutation("widen-input-shares-unsplit", "tools/train_vae.py", "(share / share.sum(2, keepdim=True))",
+             "(share / share.sum(2, keepdim=True) * 0 + 1 / factor)", VAE),
 ]
 
 
