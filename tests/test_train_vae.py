@@ -98,6 +98,12 @@ def test_a_fresh_vae_of_other_widths_trains_and_stage1_loads_it(tmp_path: Path, 
     models = stage1_models(TrainConfig(model="tiny", vae=str(tmp_path / "run" / "vae.safetensors")))
     assert models.vae.cfg == cfg and models.cfg.vae == cfg
     assert len(models.vae.encoder.down_blocks[0].resnets) == 2
+    # --init reads the architecture beside the file too: a decoder-only run on that VAE keeps its encoder
+    train_vae.main([*argv, "--out", str(tmp_path / "again"), "--steps", "1", "--decoder-only",
+                    "--init", str(tmp_path / "run" / "vae.safetensors")])
+    assert build(VAEConfig, json.loads((tmp_path / "again" / "vae_config.json").read_text())) == cfg
+    # refused in one line before any data is read (the --data folder below does not exist)
+    argv[1:3] = [str(tmp_path / "missing")]
     for bad, message in [(["--channels", "8,16"], "needs 4 levels"), (["--channels", "8,16,16,18"], "norm_groups"),
                          (["--layers", "-1"], ">= 0"), (["--layers", "1", "--init", "x.safetensors"], "fresh VAE")]:
         with pytest.raises(SystemExit):

@@ -178,6 +178,8 @@ MUTATIONS = [
     # a fresh VAE of other widths, and a widened decoder (tools/train_vae.py, aa/weights/sd.py)
     Mutation("stage1-vae-ignores-its-config", "aa/training/setup.py", "vae_config_beside(cfg.vae, models.vae.cfg)",
              "models.vae.cfg", VAE),
+    Mutation("train-vae-init-ignores-its-config", "tools/train_vae.py", "vae_config_beside(args.init, preset)",
+             "preset", VAE),
     Mutation("train-vae-reads-one-folder", "tools/train_vae.py", "for folder in folders\n", "for folder in folders[:1]\n",
              VAE),
     Mutation("widen-query-unscaled", "tools/train_vae.py", "            t = t / math.sqrt(factor)",

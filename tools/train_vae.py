@@ -14,11 +14,12 @@ characters, trained on random crops to save compute. `--decoder-only` fine-tunes
 an existing VAE with the encoder frozen, as sd-vae-ft-mse did for SD's (a drop-in replacement: latents, and so every
 model trained on them, are unchanged; ft-MSE used MSE + 0.1 LPIPS, we have no LPIPS and use MSE, i.e. PSNR itself);
 with --decoder-channels/--decoder-layers the decoder is a new one of that size, trained from scratch (pack it with
-tools/pack_vae_decoder.py --config). --channels/--layers size a fresh VAE (a new latent space: every network must
-be trained again on it; `train.py --vae` reads its architecture from the vae_config.json beside it). Decoder-only
-runs encode every training frame once and train on crops of the whole-frame latents. Writes `vae.safetensors` (our names, fp32, loadable by aa.weights.load_vae) and
-`vae_config.json` (its architecture), and prints validation PSNR, and the held-out reconstruction PSNR/SSIM on
-`--eval-split` before and after.
+tools/pack_vae_decoder.py --config), and with --widen-decoder K the old decoder made K times as wide. --channels/
+--layers size a fresh VAE (a new latent space: every network must be trained again on it; `train.py --vae` reads
+its architecture from the vae_config.json beside it). Decoder-only runs encode every training frame once and train
+on crops of the whole-frame latents. Writes `vae.safetensors` (our names, fp32, loadable by aa.weights.load_vae)
+and `vae_config.json` (its architecture), and prints validation PSNR, and the held-out reconstruction PSNR/SSIM
+on `--eval-split` before and after.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from aa import config  # noqa: E402
 from aa.metrics import psnr, psnr_frames, ssim_frames  # noqa: E402
 from aa.vae import AutoencoderKL  # noqa: E402
 from aa.video import read_video  # noqa: E402
-from aa.weights.sd import load_vae, save_native  # noqa: E402
+from aa.weights.sd import load_vae, save_native, vae_config_beside  # noqa: E402
 
 PRESETS = {"demo": config.demo, "tiny": config.tiny}
 
@@ -178,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers", type=int, help="with a fresh VAE: ResNets per encoder level (the decoder has one more)")
     p.add_argument("--init-logvar", type=float, default=-8.0, help="initial posterior log-variance (bias)")
     p.add_argument("--init", type=Path, help="start from this VAE file (native or any format aa.weights.load_vae "
-                                             "reads; loaded as fp32) instead of a fresh one")
+                                             "reads; loaded as fp32; its architecture from a vae_config.json "
+                                             "beside it, else the preset's) instead of a fresh one")
     p.add_argument("--decoder-only", action="store_true",
                    help="train only the decoder and post_quant_conv of --init; the encoder stays bit-identical")
     p.add_argument("--decoder-channels", type=channels,
@@ -205,19 +207,27 @@ def main(argv: list[str] | None = None) -> None:
                 "--decoder-channels/--decoder-layers")
     if args.crop % 8 or args.crop < 8:
         p.error(f"--crop must be a positive multiple of 8, got {args.crop}")
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    preset = PRESETS[args.model]().vae
     if (args.channels or args.layers is not None) and args.init is not None:
         p.error("--channels/--layers size a fresh VAE: drop --init (or use --decoder-channels with --decoder-only)")
     if args.layers is not None and args.layers < 0:
         p.error(f"--layers must be >= 0, got {args.layers}")
+    fresh = replace(preset, block_out_channels=args.channels or preset.block_out_channels,
+                    layers_per_block=preset.layers_per_block if args.layers is None else args.layers)
+    if len(fresh.block_out_channels) != len(preset.block_out_channels):
+        p.error(f"--channels needs {len(preset.block_out_channels)} levels, as the {args.model} preset (the same "
+                f"downscaling, which its UNet expects), got {args.channels}")
+    if any(c % fresh.norm_groups for c in fresh.block_out_channels):
+        p.error(f"--channels {fresh.block_out_channels} must be multiples of norm_groups={fresh.norm_groups}")
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
     train = load_frames(args.data, "train", args.every)
     if args.crop > min(train.shape[1:3]):
         p.error(f"--crop {args.crop} is larger than the frames ({train.shape[2]}x{train.shape[1]})")
     val = to_tensor(load_frames(args.data[0], "val", 8)[:64])
     held_out = load_frames(args.data[0], args.eval_split, args.eval_every)
     if args.init is not None:
-        vae = load_vae(args.init, PRESETS[args.model]().vae, dtype=torch.float32)
+        vae = load_vae(args.init, vae_config_beside(args.init, preset), dtype=torch.float32)
         if args.decoder_channels or args.decoder_layers is not None:
             try:
                 vae = with_new_decoder(vae, args.decoder_channels, args.decoder_layers)
@@ -226,15 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.widen_decoder:
             vae = widen_decoder(vae, args.widen_decoder)
     else:
-        cfg = PRESETS[args.model]().vae
-        cfg = replace(cfg, block_out_channels=args.channels or cfg.block_out_channels,
-                      layers_per_block=cfg.layers_per_block if args.layers is None else args.layers)
-        if len(cfg.block_out_channels) != len(PRESETS[args.model]().vae.block_out_channels):
-            p.error(f"--channels needs {len(PRESETS[args.model]().vae.block_out_channels)} levels, as the "
-                    f"{args.model} preset (the same downscaling, which its UNet expects), got {args.channels}")
-        if any(c % cfg.norm_groups for c in cfg.block_out_channels):
-            p.error(f"--channels {cfg.block_out_channels} must be multiples of norm_groups={cfg.norm_groups}")
-        vae = AutoencoderKL(cfg)
+        vae = AutoencoderKL(fresh)
         with torch.no_grad():  # start nearly deterministic: with log-variance 0 the posterior's unit noise drowns
             vae.quant_conv.bias[vae.cfg.latent_channels:] = args.init_logvar  # the small initial means
     params = list(vae.parameters())
