@@ -20,17 +20,26 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from aa import config, pipeline
-from aa.safety import EXIT_USAGE, StopSignals, Stopped, check_device, check_distinct, check_number, check_output, \
-    write_failure
-from aa.step import prepare_unet
-from aa.video import VideoError, read_frames_folder, read_image, read_video, video_info, write_video
+from aa.io.cli import (
+    EXIT_USAGE,
+    Stopped,
+    StopSignals,
+    check_device,
+    check_distinct,
+    check_number,
+    check_output,
+    write_failure,
+)
+from aa.io.video import VideoError, read_frames_folder, read_image, read_video, video_info, write_video
+from aa.models import config
+from aa.sampling import pipeline
+from aa.sampling.load import demo_missing, load_for_sampling
+from aa.sampling.plan import prepare_unet
+from aa.sampling.windows import check_window
 from aa.weights import WeightsError
-from aa.weights.sources import demo_missing, load_for_sampling
 
 ROOT = Path(__file__).resolve().parent
 DEMO = ROOT / "weights" / "demo"
-MODELS = {"sd15": config.moore, "tiny": config.tiny}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -77,11 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     w.add_argument("--pose-guider", type=Path, help="Pose Guider weights (pose_guider.pth)")
     w.add_argument("--vae", type=Path, help="VAE: sd-vae-ft-mse folder or file, or an SD single file")
     w.add_argument("--clip", type=Path, help="CLIP image encoder: sd-image-variations image_encoder/ folder")
-    w.add_argument("--model", choices=sorted(MODELS), default="sd15",
+    w.add_argument("--model", choices=sorted(config.ARCHITECTURES), default="sd15",
                    help="architecture of --moore/--unet weights (native folders carry their own)")
 
     s = p.add_argument_group("sampling")
-    s.add_argument("--preset", choices=sorted(pipeline.PRESETS), default="default",
+    s.add_argument("--preset", choices=sorted(pipeline.SAMPLING_PRESETS), default="default",
                    help="'default': our settings; 'moore': the released inference exactly (linear betas, "
                         "wrap-around windows, uniform blending)")
     s.add_argument("--steps", type=int, help="DDIM steps (default: the weights' recorded value, else 25)")
@@ -115,8 +124,8 @@ def check_args(args: argparse.Namespace) -> torch.device:
                         ("--width", args.width), ("--height", args.height)):
         check_number(flag, value, minimum=1)
     check_number("--overlap", args.overlap, minimum=0)
-    if args.window is not None and args.overlap is not None and args.overlap >= args.window:
-        raise ValueError(f"--overlap must be smaller than --window, got {args.overlap} >= {args.window}")
+    if args.window is not None and args.overlap is not None:  # one given alone meets the weights' default later
+        check_window(args.window, args.overlap, prefix="--")
     check_number("--guidance", args.guidance)
     check_number("--fps", args.fps, above=0)
     outputs = {"--out": args.out, "--side-by-side": args.side_by_side, "--sheet": args.sheet}
@@ -133,12 +142,12 @@ def read_keypoints(args: argparse.Namespace, path: Path, canvas: tuple[int, int]
     """Keypoints from a JSON file or folder (`canvas` (w, h): the pixel size of files that don't record one, like
     OpenPose's own), or extracted from a driving video/image folder (--extract); None if --pose holds rendered pose
     images."""
-    from aa.pose import load_json
+    from aa.poses.keypoints import load_json
     if path.suffix.lower() == ".json" or (path.is_dir() and any(path.glob("*.json"))):
         return load_json(path, *canvas)[:args.frames], None
     if args.extract is None:
         return None, None
-    from aa.pose_extract import extract_poses
+    from aa.poses.extract import extract_poses
     if path.is_dir():
         frames, fps = read_frames_folder(path), None
     else:
@@ -153,14 +162,14 @@ def load_poses(args: argparse.Namespace, path: Path, reference: np.ndarray, widt
     """Pose images (f, height, width, 3) uint8 and the driving video's fps (if any): rendered from keypoints
     (from `read_keypoints`, retargeted with --align), or read from a pose video or image folder and resized."""
     if keypoints is not None:
-        from aa.pose_render import render_pose
+        from aa.poses.render import render_pose
         if args.align:
-            from aa.pose import load_json
-            from aa.retarget import retarget
+            from aa.poses.keypoints import load_json
+            from aa.poses.retarget import retarget
             if args.ref_pose:
                 ref_pose = load_json(args.ref_pose, reference.shape[1], reference.shape[0])[0]
             else:
-                from aa.pose_extract import extract_poses
+                from aa.poses.extract import extract_poses
                 ref_pose = extract_poses([reference], args.extract or "mediapipe", ROOT / "weights", video=False)[0]
             keypoints = retarget(keypoints, ref_pose, method=args.align)
         return np.stack([render_pose(p, width, height, hands=not args.no_hands, face=args.face)
@@ -223,13 +232,13 @@ def animate_to_files(args: argparse.Namespace, written: list[Path]) -> None:
     models, sampling, size = load_for_sampling(
         weights=DEMO if demo else args.weights, moore=args.moore, unet=args.unet,
         reference_unet=args.reference_unet, motion=args.motion, pose_guider=args.pose_guider, vae=args.vae,
-        clip=args.clip, cfg=MODELS[args.model](), dtype=dtype, device=device)
+        clip=args.clip, cfg=config.ARCHITECTURES[args.model](), dtype=dtype, device=device)
     width, height = args.width or size[0], args.height or size[1]
     if width % models.size_multiple or height % models.size_multiple:
         raise ValueError(f"--width and --height must be multiples of {models.size_multiple} for this model, got "
                          f"{width}x{height}")
     poses, fps = load_poses(args, pose_path, reference, width, height, keypoints, fps)
-    recorded = pipeline.with_overrides(pipeline.PRESETS[args.preset](), **sampling)  # the weights' defaults
+    recorded = pipeline.with_overrides(pipeline.SAMPLING_PRESETS[args.preset](), **sampling)  # the weights' defaults
     settings = pipeline.with_overrides(
         recorded, steps=args.steps, guidance=args.guidance, window=args.window, overlap=args.overlap,
         blend=args.blend, shift_windows=args.shift_windows, dtype=dtype, offload=args.offload,

@@ -7,14 +7,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from aa.config import UNetConfig, VAEConfig
+from aa.models.config import UNetConfig, VAEConfig
 
 
 def tiny_animation_models() -> "Models":
     """`config.tiny()` models with a non-zero Pose Guider output and temporal layers (trained ones are not zero), so
     that poses and frames matter in a test's video."""
-    from aa import config
-    from aa.models import Models
+    from aa.models import config
+    from aa.models.bundle import Models
     torch.manual_seed(0)
     m = Models.build(config.tiny())
     for p in m.pose_guider.conv_out.parameters():

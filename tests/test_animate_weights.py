@@ -14,13 +14,13 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from aa import config
-from aa.config import UNetConfig
-from aa.pose_guider import PoseGuider
-from aa.reference import ReferenceNet
-from aa.resnet import ResnetBlock2D
-from aa.temporal import sinusoid_table
-from aa.unet import UNet
+from aa.models import config
+from aa.models.config import UNetConfig
+from aa.models.pose_guider import PoseGuider
+from aa.models.reference import ReferenceNet
+from aa.models.resnet import ResnetBlock2D
+from aa.models.temporal import sinusoid_table
+from aa.models.unet import UNet
 from aa.weights import WeightsError
 from aa.weights.animate import insert_motion_modules, load_motion_modules, motion_shapes, rename_diffusers
 from aa.weights.moore import load_moore, pose_guider_config
@@ -68,7 +68,7 @@ def to_diffusers(key: str) -> str:
 @pytest.mark.parametrize("name, build", [
     ("moore_denoising_unet.txt", lambda: UNet(SD15)),
     ("moore_reference_unet.txt", lambda: ReferenceNet(SD15)),
-    ("moore_pose_guider.txt", lambda: PoseGuider(config.moore().pose_guider)),
+    ("moore_pose_guider.txt", lambda: PoseGuider(config.sd15().pose_guider)),
     ("novita_pose_guider.txt", lambda: PoseGuider(config.novita().pose_guider)),
 ])
 def test_full_size_models_match_the_published_lists(name, build):
@@ -125,7 +125,7 @@ def test_full_size_files_load_and_tell_their_version(tmp_path, name, version):
         ours(k): s for k, s in read_list(name).items() if not k.endswith(".pe")}
 
 
-@pytest.mark.parametrize("guider, expected", [("moore_pose_guider.txt", config.moore()),
+@pytest.mark.parametrize("guider, expected", [("moore_pose_guider.txt", config.sd15()),
                                               ("novita_pose_guider.txt", config.novita())])
 def test_full_size_moore_folder_loads(tmp_path, guider, expected):
     """A folder of files with the published keys and shapes (Moore's, or novita-ai's Pose Guider) loads strictly:

@@ -4,7 +4,7 @@ import math
 import torch
 from einops import rearrange, repeat
 
-from aa.attention import Attention, TransformerBlock, attend
+from aa.models.attention import Attention, TransformerBlock, attend
 
 torch.manual_seed(0)
 

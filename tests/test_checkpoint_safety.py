@@ -1,4 +1,4 @@
-"""Crash safety of training checkpoints (issue 16): killed runs' temp folders are removed at the next start (only
+"""Crash safety of training checkpoints: killed runs' temp folders are removed at the next start (only
 ours, only dead processes'), pruning never leaves a half-deleted `step_N`, a failed write removes its temp folder and
 names the disk, and SIGTERM saves a checkpoint of the current step and exits with one line. tools/kill_trials.py
 runs the kill -9 trials on whole training runs."""
@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +17,13 @@ import pytest
 import torch
 
 import train as train_script
-from aa import config
-from aa.models import Models
-from aa.pose import Pose, save_json
+from aa.io.video import write_video
+from aa.models import config
+from aa.models.bundle import Models
+from aa.poses.keypoints import Pose, save_json
 from aa.training import checkpoint
-from aa.training.checkpoint import STATE, clean_stale, latest_checkpoint, load_train_state, save_checkpoint
+from aa.training.checkpoint import clean_stale, latest_checkpoint, load_train_state, save_checkpoint
 from aa.training.loop import Trainer
-from aa.video import write_video
 
 TRAINABLE, FROZEN = ("unet", "reference_net", "pose_guider"), ("vae", "image_encoder")
 
@@ -50,7 +49,7 @@ def test_stale_temp_folders_of_dead_runs_are_removed(tmp_path):
     """clean_stale removes `.step_N.tmp<pid>`/`.step_N.old<pid>` folders and frozen/ temp files of dead processes
     and of this one; a live process's temp folder, complete checkpoints and names it doesn't own stay."""
     ckpt, frozen, dead, live = tmp_path / "checkpoints", tmp_path / "frozen", dead_pid(), os.getppid()
-    names = [f"step_0000002", f".step_0000004.tmp{dead}", f".step_0000001.old{dead}", f".step_0000006.tmp{os.getpid()}",
+    names = ["step_0000002", f".step_0000004.tmp{dead}", f".step_0000001.old{dead}", f".step_0000006.tmp{os.getpid()}",
              f".step_0000008.tmp{live}", ".step_notes", "mine.tmp123"]
     for name in names:
         (ckpt / name).mkdir(parents=True)

@@ -1,5 +1,5 @@
 """CLIP image encoder: the textbook pieces, names and shapes of the public file, strict loading, golden parity with
-transformers (fixtures from tools/make_golden_clip.py), and both preprocessing conventions of SPEC 3."""
+transformers (fixtures from tools/make_golden_clip.py), and both preprocessing conventions the public code uses."""
 import json
 import math
 import re
@@ -14,8 +14,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from aa.clip import CLIP_MEAN, CLIP_STD, CLIPAttention, CLIPImageEncoder, preprocess, quick_gelu
-from aa.config import CLIPVisionConfig, tiny
+from aa.models.clip import CLIP_MEAN, CLIP_STD, CLIPAttention, CLIPImageEncoder, preprocess, quick_gelu
+from aa.models.config import CLIPVisionConfig, tiny
 from aa.weights import WeightsError, check_keys
 from aa.weights.clip import clip_config_from_state, load_clip
 
@@ -315,7 +315,7 @@ def test_preprocessed_image_gives_one_context_token():
 def test_pil_squash_is_moore_inference():
     """'pil-squash' = PIL's bicubic resize of the 8-bit image to size x size, then CLIP normalisation (Moore's
     `ref_image.resize((224, 224))` before the processor); it differs from the unantialiased 'squash'."""
-    from aa.clip import CLIP_MEAN, CLIP_STD, preprocess
+    from aa.models.clip import CLIP_MEAN, CLIP_STD, preprocess
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (90, 70, 3), dtype=np.uint8))
     expected = np.asarray(image.resize((32, 32), Image.Resampling.BICUBIC), np.float32) / 255

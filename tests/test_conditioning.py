@@ -1,4 +1,4 @@
-"""What each piece of the conditioning means (paper 3, SPEC 2), checked on tiny models through `animate`.
+"""What each piece of the conditioning means (paper 3, and the released code), checked on tiny models through `animate`.
 
 The denoising UNet is wrapped in the test (its `forward` replaced on the instance) to record what it receives and,
 where the algebra is the claim, to return known predictions instead of its own. The final latents are read where the
@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from aa import config
-from aa.clip import preprocess
-from aa.models import Models
-from aa.pipeline import Settings, animate, encode_reference, image_tensor, moore
-from aa.resnet import timestep_embedding
-from aa.unet import UNet
+from aa.models import config
+from aa.models.bundle import Models
+from aa.models.clip import preprocess
+from aa.models.resnet import timestep_embedding
+from aa.models.unet import UNet
+from aa.sampling.pipeline import Settings, animate, encode_reference, image_tensor, moore_settings
 
 W = H = 16  # latents 2 x 2: everything runs in milliseconds
 SIGNATURE = inspect.signature(UNet.forward)
@@ -172,7 +172,7 @@ def test_guidance_is_uncond_plus_scale_times_difference(models, ref, poses, g, s
 @pytest.mark.parametrize("split", [False, True])
 def test_unconditional_branch_has_zero_clip_embedding_and_no_reference(models, ref, poses, split):
     """Every window runs a conditional video (the reference's CLIP embedding, the reference keys/values) and an
-    unconditional one of the same frames (zero CLIP embedding, attending to itself only: SPEC 2), in one batch or,
+    unconditional one of the same frames (zero CLIP embedding, attending to itself only, as released), in one batch or,
     with `split_guidance`, as two consecutive calls."""
     context, kv = encode_reference(models, ref, W, H)
     settings = Settings(steps=2, window=4, overlap=1, split_guidance=split)
@@ -272,7 +272,7 @@ def test_poses_change_the_video(models, ref, poses):
 
 def test_released_pose_features_are_added_right_after_conv_in(models):
     """UNet(x, pose_features=p) with p constant over space equals the UNet without pose features whose conv_in
-    bias is raised by p: the released Pose Guider's output joins right after conv_in (SPEC 2)."""
+    bias is raised by p: the released Pose Guider's output joins right after conv_in."""
     unet = copy.deepcopy(models.unet)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 4, 2, 2, generator=g)
@@ -361,9 +361,9 @@ def test_shift_windows_moves_the_seams_between_steps(models, ref, poses):
 
 
 def test_moore_preset_visits_the_released_wraparound_windows(models, ref, poses):
-    """moore() on 26 frames: windows of 24 every 20 frames, the second wrapping to frame 0: [0..23] and
-    [20..25, 0..17] at every step (SPEC 2)."""
-    s = replace(moore(), steps=2, **TRACKING)
+    """moore_settings() on 26 frames: windows of 24 every 20 frames, the second wrapping to frame 0: [0..23] and
+    [20..25, 0..17] at every step, as the release does."""
+    s = replace(moore_settings(), steps=2, **TRACKING)
     calls, _ = run(models, ref, poses, s, index_latents(26), echo)
     expected = [list(range(24)), [*range(20, 26), *range(18)]]
     assert visited(calls) == [expected, expected]
@@ -411,12 +411,12 @@ def released_alphas_cumprod() -> torch.Tensor:
 
 
 def test_moore_settings_are_the_released_inference():
-    """moore(): DDIM with linear betas, v-prediction, zero terminal SNR, trailing spacing, eta 0, guidance 3.5,
+    """moore_settings(): DDIM with linear betas, v-prediction, zero terminal SNR, trailing spacing, eta 0, guidance 3.5,
     windows of 24 overlapping by 4 that wrap, uniform averaging, fixed seams, PIL-squashed CLIP input
     (configs/inference/inference_v2.yaml, pipeline_pose2vid_long.py); its 25 steps are t = 999, 959, ..., 39 on
     the schedule written out above."""
-    from aa import ddim
-    s = moore()
+    from aa.sampling import ddim
+    s = moore_settings()
     assert (s.beta_schedule, s.prediction, s.zero_snr, s.spacing, s.eta, s.guidance) == \
         ("linear", "v", True, "trailing", 0.0, 3.5)
     assert (s.window, s.overlap, s.wrap, s.blend, s.shift_windows, s.clip_mode, s.reference) == \

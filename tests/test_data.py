@@ -1,5 +1,5 @@
-"""Training data (aa/data.py): manifests in both layouts, frame choice, one crop for everything, CLIP input as at
-inference, and unreadable videos skipped. Small synthetic videos from tools/synthetic, 32x32 samples."""
+"""Training data (aa/training/data.py): manifests in both layouts, frame choice, one crop for everything, CLIP input as at
+inference, and unreadable videos skipped. Small synthetic videos from aa/synthetic, 32x32 samples."""
 from __future__ import annotations
 
 import json
@@ -10,14 +10,23 @@ import numpy as np
 import pytest
 import torch
 
-from aa.clip import preprocess
-from aa.data import DataConfig, Entry, PoseVideoDataset, crop_box, crop_pose, crop_resize, frame_indices, \
-    read_manifest, read_manifests
-from aa.pipeline import Settings
-from aa.pose import Pose, load_json
-from aa.pose_render import render_pose
-from aa.video import VideoError, read_video, video_info, write_video
-from tools.synthetic import write_dataset
+from aa.io.video import VideoError, read_video, video_info, write_video
+from aa.models.clip import preprocess
+from aa.poses.keypoints import Pose, load_json
+from aa.poses.render import render_pose
+from aa.sampling.pipeline import Settings
+from aa.synthetic import write_dataset
+from aa.training.data import (
+    DataConfig,
+    Entry,
+    PoseVideoDataset,
+    crop_box,
+    crop_pose,
+    crop_resize,
+    frame_indices,
+    read_manifest,
+    read_manifests,
+)
 
 SIZE = 32
 CLIP = 28  # the tiny image encoder's input size
@@ -153,7 +162,7 @@ def test_unreadable_and_short_videos_are_skipped_with_a_warning(synth, tmp_path,
     entries = [Entry(tmp_path / "corrupt.mp4", keypoints=good.keypoints), Entry(tmp_path / "missing.mp4"),
                Entry(tmp_path / "short.mp4", pose_video=tmp_path / "short.mp4"), good]
     data = PoseVideoDataset(entries, DataConfig(SIZE, SIZE, frames=3, clip_size=CLIP))
-    with caplog.at_level(logging.WARNING, logger="aa.data"):
+    with caplog.at_level(logging.WARNING, logger="aa.training.data"):
         s = data[(0, 4)]
     alone = PoseVideoDataset([good], DataConfig(SIZE, SIZE, frames=3, clip_size=CLIP))[(0, 4)]
     assert all(torch.equal(s[k], alone[k]) for k in s)
@@ -166,13 +175,13 @@ def test_unreadable_and_short_videos_are_skipped_with_a_warning(synth, tmp_path,
 
 def test_only_the_needed_frames_are_read(synth, monkeypatch):
     """A sample decodes only its target frames and its reference frame (frame-seeking reads, never the whole video)."""
-    import aa.data
+    import aa.training.data
     calls = []
 
     def spy(path, indices=None):
         calls.append(indices)
         return read_video(path, indices)
-    monkeypatch.setattr(aa.data, "read_video", spy)
+    monkeypatch.setattr(aa.training.data, "read_video", spy)
     PoseVideoDataset(read_manifest(synth / "released.json"), DataConfig(SIZE, SIZE, frames=2, clip_size=CLIP))[(0, 1)]
     assert all(indices is not None for indices in calls)
     assert len(calls[0]) == 3 and len(calls[1]) == 2  # video: 2 targets + reference; pose video: the 2 targets

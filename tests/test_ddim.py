@@ -1,13 +1,13 @@
-"""Schedules, prediction targets and the DDIM step (SPEC 3)."""
+"""Schedules, prediction targets and the DDIM step."""
 import pytest
 import torch
 
-from aa import ddim
+from aa.sampling import ddim
 
 
 @pytest.mark.parametrize("schedule, last", [("scaled_linear", 0.0046601), ("linear", 0.0015790)])
 def test_sd_schedule_end_values(schedule, last):
-    """alpha_bar_0 = 1 - 0.00085 and alpha_bar_999 as in SPEC 3 for both beta schedules."""
+    """alpha_bar_0 = 1 - 0.00085 and SD's alpha_bar_999 for both beta schedules."""
     ab = ddim.alphas_cumprod(schedule)
     assert ab.shape == (1000,)
     assert float(ab[0]) == pytest.approx(0.99915, abs=1e-7)
@@ -99,7 +99,7 @@ def test_min_snr_gamma_weights():
 
 def test_min_snr_v_weights_on_the_training_schedule():
     """On the training schedule (scaled_linear, zero SNR), g = 5, worked by hand from alpha_bar:
-    t = 999: ab = 0, SNR 0 -> released min(1, 5) / 1 = 1, hang 0 / 1 = 0 (the issue-13 bug: no weight at all);
+    t = 999: ab = 0, SNR 0 -> released min(1, 5) / 1 = 1, hang 0 / 1 = 0 (no weight at all: hang's flaw);
     t = 500: ab = 0.241019, SNR = ab / (1 - ab) = 0.317556 -> released min(1.3176, 5) / 1.3176 = 1,
              hang 0.317556 / 1.317556 = ab = 0.241019;
     t = 100: ab = 0.886761, SNR = 7.830902 -> both 5 / 8.830902 = 0.566193."""

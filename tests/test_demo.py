@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 import sample
-from aa.video import read_video, video_info
+from aa.io.video import read_video, video_info
 
 DEMO = Path(sample.__file__).resolve().parent / "weights" / "demo"
 

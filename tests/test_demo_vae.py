@@ -12,12 +12,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from aa import config
-from aa.config import from_dict, to_dict
-from aa.vae import AutoencoderKL
+from aa.models import config
+from aa.models.config import from_dict, to_dict
+from aa.models.vae import AutoencoderKL
+from aa.training.vae import save, with_new_decoder
+from aa.weights.pack import pack_decoder
 from aa.weights.sd import load_vae, save_native
-from tools.pack_vae_decoder import pack_decoder
-from tools.train_vae import save, with_new_decoder
 
 DEMO_VAE = Path(__file__).resolve().parents[1] / "weights" / "demo" / "vae.safetensors"
 # sha256 over the sorted names and raw bytes of every tensor outside decoder.* and post_quant_conv.* of the VAE the

@@ -1,4 +1,4 @@
-"""Bad inputs to sample.py and train.py (issue 16): each gives exit code 2 and one `error:` line, before the weights
+"""Bad inputs to sample.py and train.py: each gives exit code 2 and one `error:` line, before the weights
 load where possible and always before sampling, and leaves no file at the output paths; real OpenPose JSON works;
 malformed pose JSON and manifests name their file; failed writes and SIGTERM leave nothing behind."""
 from __future__ import annotations
@@ -18,11 +18,11 @@ from PIL import Image
 
 import sample
 import train as train_script
-from aa import config
-from aa.data import DataConfig, Entry, PoseVideoDataset, read_manifest
-from aa.models import Models
-from aa.pose import BODY_POINTS, Pose, load_json, save_json
-from aa.video import write_video
+from aa.io.video import write_video
+from aa.models import config
+from aa.models.bundle import Models
+from aa.poses.keypoints import BODY_POINTS, Pose, load_json, save_json
+from aa.training.data import DataConfig, Entry, PoseVideoDataset, read_manifest
 from aa.weights.native import save_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def test_a_malformed_keypoints_file_is_a_skipped_sample(tmp_path, caplog):
     data = PoseVideoDataset([Entry(tmp_path / "v.mp4", keypoints=tmp_path / "bad.json"),
                              Entry(tmp_path / "v.mp4", keypoints=tmp_path / "good.json")],
                             DataConfig(32, 32, clip_size=28))
-    with caplog.at_level("WARNING", logger="aa.data"):
+    with caplog.at_level("WARNING", logger="aa.training.data"):
         sample_ = data[(0, 0)]
     assert sample_["target"].shape == (1, 3, 32, 32) and data.bad == {0}
     assert any("skipping" in r.getMessage() and "bad.json" in r.getMessage() for r in caplog.records)
@@ -175,7 +175,7 @@ POST_LOAD = {  # need the model (its size factor, its recorded window) but are r
 def test_bad_sizes_and_settings_fail_before_sampling(files, tmp_path, capsys, monkeypatch, flags):
     """Sizes are checked against the loaded model's real factor (VAE x UNet downsampling), settings against the
     recorded ones: exit 2, one line, the denoiser never runs, no output."""
-    from aa import pipeline
+    from aa.sampling import pipeline
     monkeypatch.setattr(pipeline, "denoise", lambda *a, **k: pytest.fail("sampling started"))
     assert_one_error(capsys, sample.main(run_sample(files, tmp_path, *flags.split())), match=POST_LOAD[flags])
     assert list(tmp_path.iterdir()) == []
@@ -205,7 +205,7 @@ def test_a_full_disk_at_the_last_output_removes_every_output(files, tmp_path, ca
 
 def test_sigterm_while_sampling_leaves_no_output(files, tmp_path, capsys, monkeypatch):
     """SIGTERM in the middle of writing: exit 143 with one line, no partial video and no temp file."""
-    from aa import pipeline
+    from aa.sampling import pipeline
     real = pipeline.animate_iter
 
     def interrupted(*args, **kwargs):
@@ -227,7 +227,7 @@ def test_a_file_size_limit_while_encoding_leaves_nothing(tmp_path):
         import resource, signal, numpy as np
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
         resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
-        from aa.video import VideoError, write_video
+        from aa.io.video import VideoError, write_video
         frames = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
         try:
             write_video({str(tmp_path / 'out.mp4')!r}, frames, 8)

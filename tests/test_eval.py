@@ -10,14 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from aa.config import tiny
-from aa.models import Models
-from aa.vae import AutoencoderKL
-from aa.video import read_video
+from aa.eval import benchmark
+from aa.io.video import read_video
+from aa.models.bundle import Models
+from aa.models.config import tiny
+from aa.models.vae import AutoencoderKL
+from aa.synthetic import write_dataset
+from aa.training.vae import save, with_new_decoder
 from aa.weights.native import load_models, save_models
 from tools import eval as evaluation
-from tools.synthetic import write_dataset
-from tools.train_vae import save, with_new_decoder
 
 SIZE, FRAMES = 32, 4
 RANGES = {"psnr": (0.0, 100.0), "ssim": (-1.0, 1.0), "l1": (0.0, 1.0), "temporal": (0.0, 1.0),
@@ -52,9 +53,9 @@ def test_results_cover_every_method_split_and_metric(bench: dict[str, Path], res
     assert list(results["summary"]) == ["copy", "tiny"]
     assert results["methods"]["tiny"]["settings"]["steps"] == 1
     assert results["methods"]["tiny"]["settings"]["prediction"] == "v"
-    assert len(results["clips"]) == 2 and {c["split"] for c in results["clips"]} == set(evaluation.SPLITS)
+    assert len(results["clips"]) == 2 and {c["split"] for c in results["clips"]} == set(benchmark.SPLITS)
     for method, splits in results["summary"].items():
-        assert set(splits) == {*evaluation.SPLITS, "overall"}
+        assert set(splits) == {*benchmark.SPLITS, "overall"}
         assert splits["overall"]["clips"] == 2
         for name, (low, high) in RANGES.items():
             for row in splits.values():
@@ -63,7 +64,7 @@ def test_results_cover_every_method_split_and_metric(bench: dict[str, Path], res
             assert splits["overall"][name] == pytest.approx(np.mean(per_clip)), "overall weighs clips equally"
     table = (out / "results.md").read_text()
     assert table.count("| copy |") == 3 and table.count("| tiny |") == 3 and "SSIM" in table
-    for split in evaluation.SPLITS:
+    for split in benchmark.SPLITS:
         with Image.open(out / f"sheet_{split}.png") as sheet:
             assert sheet.width > (FRAMES + 1) * SIZE and sheet.height >= 4 * SIZE  # poses, truth, 2 methods
 
@@ -73,14 +74,14 @@ def test_every_method_gets_the_same_inputs_and_seed(bench: dict[str, Path]) -> N
     the clip's position in its split; the poses are the clip's keypoints rendered at the video size."""
     calls: dict[str, list] = {"a": [], "b": []}
 
-    def recorder(name: str) -> evaluation.Method:
+    def recorder(name: str) -> benchmark.Method:
         def method(reference: np.ndarray, poses: np.ndarray, seed: int) -> np.ndarray:
             calls[name].append((reference, poses, seed))
-            return evaluation.copy_reference(reference, poses, seed)
+            return benchmark.copy_reference(reference, poses, seed)
         return method
 
-    clips = [c for s in evaluation.SPLITS for c in evaluation.read_split(bench["data"], s)]
-    evaluation.evaluate({"a": recorder("a"), "b": recorder("b")}, clips, seed=7, progress=False)
+    clips = [c for s in benchmark.SPLITS for c in benchmark.read_split(bench["data"], s)]
+    benchmark.evaluate({"a": recorder("a"), "b": recorder("b")}, clips, seed=7, progress=False)
     assert [seed for _, _, seed in calls["a"]] == [7 + c.index for c in clips] == [7, 7]
     for (ref_a, poses_a, _), (ref_b, poses_b, _), clip in zip(calls["a"], calls["b"], clips):
         np.testing.assert_array_equal(ref_a, ref_b)
@@ -103,11 +104,11 @@ def test_recorded_settings_pass_through_and_unknown_ones_fail() -> None:
     """A checkpoint's recorded sampling reaches the pipeline's Settings (e.g. the no-ReferenceNet ablation's
     `reference: false`), flags override it, and a recorded key the pipeline does not know is an error rather than
     silently dropped."""
-    settings = evaluation.model_settings({"prediction": "eps", "reference": False, "width": 64, "height": 64},
+    settings = benchmark.model_settings({"prediction": "eps", "reference": False, "width": 64, "height": 64},
                                          steps=3, guidance=1.0, window=None, folder=Path("ckpt"))
     assert (settings.prediction, settings.reference, settings.steps, settings.guidance) == ("eps", False, 3, 1.0)
     with pytest.raises(ValueError, match="not_a_setting"):
-        evaluation.model_settings({"not_a_setting": 1}, None, None, None, Path("ckpt"))
+        benchmark.model_settings({"not_a_setting": 1}, None, None, None, Path("ckpt"))
 
 
 def test_half_precision_checkpoints_run_on_the_cpu(bench: dict[str, Path], tmp_path: Path) -> None:
@@ -131,8 +132,8 @@ def test_half_precision_checkpoints_run_on_the_cpu(bench: dict[str, Path], tmp_p
         assert a.keys() == b.keys() and all(v.dtype == torch.float32 for v in [*a.values(), *b.values()])
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
-    clip = evaluation.read_split(bench["data"], "test_chars")[0]
-    outputs = [evaluation.model_method(tmp_path / name, 1, 1.0, None, "cpu")[0](clip.reference, clip.poses, 0)
+    clip = benchmark.read_split(bench["data"], "test_chars")[0]
+    outputs = [benchmark.model_method(tmp_path / name, 1, 1.0, None, "cpu")[0](clip.reference, clip.poses, 0)
                for name in ("half", "rounded")]
     assert outputs[0].shape == clip.truth.shape and outputs[0].dtype == np.uint8
     diff = np.abs(outputs[0].astype(int) - outputs[1].astype(int))
@@ -140,7 +141,7 @@ def test_half_precision_checkpoints_run_on_the_cpu(bench: dict[str, Path], tmp_p
 
 
 def test_method_flag_needs_name_and_spec() -> None:
-    """--method takes NAME=SPEC; a bare path is rejected with a usage error."""
+    """--method takes NAME=FOLDER; a bare path is rejected with a usage error."""
     with pytest.raises(SystemExit):
         evaluation.parse_args(["--data", "x", "--method", "runs/full"])
 
@@ -149,11 +150,11 @@ def test_vae_flag_swaps_only_the_decoder(bench: dict[str, Path], tmp_path: Path)
     """--vae: a train_vae.py file with the checkpoint's own VAE gives the same frames; one with a new, wider decoder
     behind the same encoder gives other frames; one with another encoder (another latent space) is refused."""
     own = load_models(bench["model"])[0].vae
-    clip = evaluation.read_split(bench["data"], "test_chars")[0]
+    clip = benchmark.read_split(bench["data"], "test_chars")[0]
 
     def frames(vae_folder: Path | None) -> np.ndarray:
-        vae = evaluation.load_decoder(vae_folder / "vae.safetensors", "cpu") if vae_folder else None
-        return evaluation.model_method(bench["model"], 1, 1.0, None, "cpu", vae)[0](clip.reference, clip.poses, 0)
+        vae = benchmark.load_decoder(vae_folder / "vae.safetensors", "cpu") if vae_folder else None
+        return benchmark.model_method(bench["model"], 1, 1.0, None, "cpu", vae)[0](clip.reference, clip.poses, 0)
 
     torch.manual_seed(1)
     for name, vae in [("same", own), ("wide", with_new_decoder(own, (8, 16, 16, 24), 2)),

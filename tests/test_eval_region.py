@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aa import metrics
-from tools import eval as evaluation
-from tools.synthetic import write_dataset
+from aa.eval import benchmark, metrics
+from aa.synthetic import write_dataset
 
 SIZE, FRAMES = 48, 3
 
@@ -26,9 +25,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_region_scores_look_only_inside_the_grown_box(data: Path) -> None:
     """A method that draws the true frames inside each grown character box and black elsewhere scores char PSNR
-    +inf and char SSIM 1 but a finite whole-frame PSNR; the copy baseline's char scores equal aa.metrics' on the
+    +inf and char SSIM 1 but a finite whole-frame PSNR; the copy baseline's char scores equal aa.eval.metrics' on the
     boxes read from the files; the table has the char columns."""
-    clips = evaluation.read_split(data, "test_chars")
+    clips = benchmark.read_split(data, "test_chars")
     clip = clips[0]
     boxes = np.asarray(json.loads((data / "test_chars" / Path(clip.video).name.replace(".mp4", ".box.json"))
                                   .read_text()))
@@ -41,14 +40,14 @@ def test_region_scores_look_only_inside_the_grown_box(data: Path) -> None:
             out[i, y0:y1, x0:x1] = clip.truth[i, y0:y1, x0:x1]
         return out
 
-    methods = {"box": truth_in_box, "copy": evaluation.copy_reference}
-    records, _ = evaluation.evaluate(methods, clips, seed=0, progress=False, region_margin=3)
+    methods = {"box": truth_in_box, "copy": benchmark.copy_reference}
+    records, _ = benchmark.evaluate(methods, clips, seed=0, progress=False, region_margin=3)
     box, copy = records[0]["metrics"]["box"], records[0]["metrics"]["copy"]
     assert box["char_psnr"] == math.inf and box["char_ssim"] == pytest.approx(1.0) and math.isfinite(box["psnr"])
-    copied = evaluation.copy_reference(clip.reference, clip.poses, 0)
+    copied = benchmark.copy_reference(clip.reference, clip.poses, 0)
     assert copy["char_psnr"] == metrics.region_psnr(copied, clip.truth, boxes, 3)
     assert copy["char_ssim"] == metrics.region_ssim(copied, clip.truth, boxes, 3)
-    table = evaluation.markdown_table(evaluation.summarise(records, list(methods), ["test_chars"]))
+    table = benchmark.markdown_table(benchmark.summarise(records, list(methods), ["test_chars"]))
     assert "char PSNR" in table and "char SSIM" in table
 
 
@@ -59,7 +58,7 @@ def test_a_dataset_without_boxes_scores_nan(data: Path, tmp_path: Path) -> None:
                                                           for it in items]))
     for name in ("test_chars", "characters"):
         (tmp_path / name).symlink_to(data / name)
-    clips = evaluation.read_split(tmp_path, "test_chars")
-    records, _ = evaluation.evaluate({"copy": evaluation.copy_reference}, clips, seed=0, progress=False)
-    row = evaluation.summarise(records, ["copy"], ["test_chars"])["copy"]["overall"]
+    clips = benchmark.read_split(tmp_path, "test_chars")
+    records, _ = benchmark.evaluate({"copy": benchmark.copy_reference}, clips, seed=0, progress=False)
+    row = benchmark.summarise(records, ["copy"], ["test_chars"])["copy"]["overall"]
     assert math.isnan(row["char_psnr"]) and math.isnan(row["char_ssim"]) and math.isfinite(row["psnr"])

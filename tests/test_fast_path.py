@@ -1,17 +1,19 @@
-"""The inference fast path (issue 14): work moved out of the step loop, exact shortcuts, low precision, compiling."""
+"""The inference fast path: work moved out of the step loop, exact shortcuts, low precision, compiling."""
 import numpy as np
 import pytest
 import torch
 
-from aa import attention, config, pipeline, step
-from aa.attention import TransformerBlock
-from aa.config import MotionConfig, UNetConfig
-from aa.memory import Emulate, MemoryTracker
-from aa.models import Models
-from aa.pipeline import Settings, animate, denoise, initial_latents
-from aa.reference import ReferenceNet
-from aa.unet import UNet
-from aa.vae import AutoencoderKL
+from aa.eval.memory import Emulate, MemoryTracker
+from aa.models import attention, config
+from aa.models.attention import TransformerBlock
+from aa.models.bundle import Models
+from aa.models.config import MotionConfig, UNetConfig
+from aa.models.reference import ReferenceNet
+from aa.models.unet import UNet
+from aa.models.vae import AutoencoderKL
+from aa.sampling import pipeline
+from aa.sampling import plan as step
+from aa.sampling.pipeline import Settings, animate, denoise, initial_latents
 from tests.helpers import tiny_animation_models
 
 W = H = 32
@@ -202,7 +204,7 @@ def test_decode_chunk_fits_the_free_memory_it_is_given():
     the SD VAE in fp16 at 512x768: the chunk it picks for a given free memory decodes within 80% of it, the per-frame
     figure it assumes is within 2% of the tracked one, and without a free-memory figure off CUDA it keeps the chunk."""
     with torch.device("meta"):
-        vae = AutoencoderKL(config.moore().vae)
+        vae = AutoencoderKL(config.sd15().vae)
     vae.to(torch.float16)
     z = torch.zeros(8, 4, 96, 64, device="meta", dtype=torch.float16)
     assert pipeline.decode_chunk(vae, z, 8) == 8

@@ -1,4 +1,4 @@
-"""`pipeline.moore()` reproduces the RELEASED Moore-AnimateAnyone inference (`Pose2VideoPipeline`, commit a914ef3).
+"""`pipeline.moore_settings()` reproduces the RELEASED Moore-AnimateAnyone inference (`Pose2VideoPipeline`, commit a914ef3).
 
 tools/make_golden_moore.py drew a tiny random model (tests/data/golden_moore/config.json), saved it in the release
 layout (denoising_unet.pth, reference_unet.pth, motion_module.pth, pose_guider.pth; fp16 values), a diffusers VAE
@@ -20,10 +20,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from aa import pipeline
-from aa.config import from_dict
-from aa.models import Models
-from aa.weights.sources import load_for_sampling
+from aa.models.bundle import Models
+from aa.models.config import from_dict
+from aa.sampling import pipeline
+from aa.sampling.load import load_for_sampling
 
 GOLDEN = Path(__file__).parent / "data" / "golden_moore"
 TOL = 1 / 255
@@ -55,10 +55,10 @@ def test_single_window_matches_release(models: Models) -> None:
     """4 frames in one window: the same CLIP embedding (PIL-squashed to 224), reference latent and ReferenceNet keys
     and values, guided v-prediction (zero embedding and no reference for the unconditional branch) and DDIM
     trajectory (linear betas, zero SNR, trailing) as the release, so the same frames to within 1/255."""
-    assert max_error(models, "single", pipeline.moore()) <= TOL
+    assert max_error(models, "single", pipeline.moore_settings()) <= TOL
 
 
 def test_wrapping_windows_match_release(models: Models) -> None:
     """10 frames in windows of 4 that start every 3 frames, the last wrapping round to frames 0-2, predictions
     averaged uniformly: the release's context schedule, so again the same frames to within 1/255."""
-    assert max_error(models, "long", pipeline.moore()) <= TOL
+    assert max_error(models, "long", pipeline.moore_settings()) <= TOL

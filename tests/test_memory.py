@@ -1,4 +1,4 @@
-"""Memory estimates (aa/memory.py, tools/estimate_train_memory.py): the tracker's bookkeeping, the meta device made to
+"""Memory estimates (aa/eval/memory.py, tools/estimate_train_memory.py): the tracker's bookkeeping, the meta device made to
 allocate like a real one, and a whole training step estimated on meta against the CPU allocator's real peak."""
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from aa.memory import Emulate, MemoryTracker, nbytes
-from aa.training.loop import TrainConfig, Trainer
-from tools.estimate_train_memory import batch, build, measure
+from aa.eval.memory import Emulate, MemoryTracker, nbytes
+from aa.eval.train_memory import batch, build, measure
+from aa.training.config import TrainConfig
+from aa.training.loop import Trainer
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""aa.metrics: analytic cases, the conventions, and SSIM/PSNR parity with scikit-image through a golden file."""
+"""aa.eval.metrics: analytic cases, the conventions, and SSIM/PSNR parity with scikit-image through a golden file."""
 from __future__ import annotations
 
 import itertools
@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from aa import metrics
+from aa.eval import metrics
 
 GOLDEN = Path(__file__).parent / "data" / "golden_metrics.safetensors"
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from aa.memory import MemoryTracker
-from aa.pipeline import Settings, animate, animate_iter, initial_latents
-from aa.windows import blend_weights, window_schedule
+from aa.eval.memory import MemoryTracker
+from aa.sampling.pipeline import Settings, animate, animate_iter, initial_latents
+from aa.sampling.windows import blend_weights, window_schedule
 from tests.helpers import tiny_animation_models
 
 W = H = 32
@@ -64,7 +64,7 @@ def test_blended_schedule_covers_every_frame_in_order(frames, window, overlap):
 
 def released_uniform_schedule(num_frames, context_size=24, context_overlap=4):
     """The released context scheduler as called by Moore's pose2vid_long (step 0, context_stride 1, closed loop),
-    written out from its description in SPEC 2: starts every (size - overlap) frames from 0 while start < n,
+    written out apart from aa/sampling/windows.py: starts every (size - overlap) frames from 0 while start < n,
     indices taken modulo n."""
     if num_frames <= context_size:
         return [list(range(num_frames))]

@@ -1,4 +1,4 @@
-"""Keypoint type and OpenPose JSON format (aa/pose.py)."""
+"""Keypoint type and OpenPose JSON format (aa/poses/keypoints.py)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aa.pose import Pose, load_json, pose_from_openpose, pose_to_openpose, save_json, save_json_frames
+from aa.poses.keypoints import Pose, load_json, pose_from_openpose, pose_to_openpose, save_json, save_json_frames
 
 DATA = Path(__file__).parent / "data"
 
@@ -87,7 +87,7 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
 
 
 def test_golden_skeleton_file_reads() -> None:
-    """The golden skeleton (written by tools/golden_pose.py without aa.pose) loads with its canvas and its
+    """The golden skeleton (written by tools/golden_pose.py without aa.poses.keypoints) loads with its canvas and its
     missing right ear."""
     pose = load_json(DATA / "pose_golden.json")[0]
     assert (pose.width, pose.height) == (320, 448)

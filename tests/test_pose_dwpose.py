@@ -1,4 +1,4 @@
-"""DWPose backend (aa/pose_extract/dwpose.py) end to end on tiny ONNX stand-ins built here.
+"""DWPose backend (aa/poses/extract/dwpose.py) end to end on tiny ONNX stand-ins built here.
 
 The stand-ins have the real files' signature: `yolox_l.onnx` maps input (1, 3, 640, 640) to output (1, 8400, 85);
 `dw-ll_ucoco_384.onnx` maps input (1, 3, 384, 288) to simcc_x (1, 133, 576) and simcc_y (1, 133, 768). The
@@ -22,10 +22,9 @@ onnx = pytest.importorskip("onnx", reason="needs the optional extra: pip install
 pytest.importorskip("onnxruntime", reason="needs the optional extra: pip install -r requirements-pose.txt")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from aa.pose import load_json  # noqa: E402
-from aa.pose_extract import extract_poses  # noqa: E402
-from aa.pose_extract.dwpose import (DETECTOR_FILE, POSE_FILE, STRIDES, decode_detections, letterbox,  # noqa: E402
-                                    nms)
+from aa.poses.extract import extract_poses  # noqa: E402
+from aa.poses.extract.dwpose import DETECTOR_FILE, POSE_FILE, STRIDES, decode_detections, letterbox, nms  # noqa: E402
+from aa.poses.keypoints import load_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAME_W, FRAME_H = 480, 360
@@ -256,7 +255,7 @@ def test_missing_weights_and_bad_frames(tmp_path: Path, weights: Path) -> None:
 
 def test_extract_tool_end_to_end(weights: Path, tmp_path: Path) -> None:
     """tools/extract_pose.py turns a video into keypoints JSON and a rendered pose video of the same length."""
-    from aa.video import read_video, write_video
+    from aa.io.video import read_video, write_video
 
     video = tmp_path / "cross.mp4"
     write_video(video, [cross_frame()] * 3, fps=10, lossless=True)

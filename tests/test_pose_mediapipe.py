@@ -1,4 +1,4 @@
-"""MediaPipe Holistic backend (aa/pose_extract/holistic.py): layout mapping, install errors, and a real photograph."""
+"""MediaPipe Holistic backend (aa/poses/extract/holistic.py): layout mapping, install errors, and a real photograph."""
 from __future__ import annotations
 
 import sys
@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from aa.pose_extract import extract_poses
-from aa.pose_extract.holistic import FACE68_FROM_MESH, landmarks_to_pose
+from aa.poses.extract import extract_poses
+from aa.poses.extract.holistic import FACE68_FROM_MESH, landmarks_to_pose
 
 
 def landmark_list(points: np.ndarray, visibility: np.ndarray | None = None) -> SimpleNamespace:

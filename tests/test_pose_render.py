@@ -1,9 +1,9 @@
-"""DWPose-style rendering (aa/pose_render.py, aa/pose_raster.py) against images drawn by the original renderer.
+"""DWPose-style rendering (aa/poses/render.py, aa/poses/raster.py) against images drawn by the original renderer.
 
 The golden PNGs come from tools/golden_pose.py, which runs DWPose's own `util.py` drawing code (as shipped in
 controlnet_aux) with OpenCV; this test only reads them. Tolerance: none. OpenCV and PIL rasterise shapes
 differently (a PIL polygon fill of the same ellipse vertices differs in a few boundary pixels; a 2 px PIL line covers
-about a third fewer pixels than OpenCV's thickness-2 line), so aa/pose_raster.py follows OpenCV's own integer rules
+about a third fewer pixels than OpenCV's thickness-2 line), so aa/poses/raster.py follows OpenCV's own integer rules
 instead, and the renders match pixel for pixel.
 """
 from __future__ import annotations
@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aa.pose import Pose, load_json
-from aa.pose_raster import fill_circle, thick_line
-from aa.pose_render import (BODY_COLORS, FACE_COLOR, HAND_COLORS, HAND_JOINT_COLOR, LIMB_DIM, render_pose,
-                            render_poses)
+from aa.poses.keypoints import Pose, load_json
+from aa.poses.raster import fill_circle, thick_line
+from aa.poses.render import BODY_COLORS, FACE_COLOR, HAND_COLORS, HAND_JOINT_COLOR, LIMB_DIM, render_pose, render_poses
 
 DATA = Path(__file__).parent / "data"
 GOLDENS = {  # file: (width, height, hands, face), as drawn by tools/golden_pose.py

@@ -1,4 +1,4 @@
-"""Retargeting driving poses onto the reference character (aa/retarget.py)."""
+"""Retargeting driving poses onto the reference character (aa/poses/retarget.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aa.pose import Pose, load_json
-from aa.retarget import BONES, fit_global, retarget
+from aa.poses.keypoints import Pose, load_json
+from aa.poses.retarget import BONES, fit_global, retarget
 
 DATA = Path(__file__).parent / "data"
 PARTS = ("body", "left_hand", "right_hand", "face")

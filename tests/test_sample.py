@@ -5,9 +5,9 @@ import torch
 from PIL import Image
 
 import sample
-from aa import config
-from aa.models import Models
-from aa.video import read_video, video_info, write_video
+from aa.io.video import read_video, video_info, write_video
+from aa.models import config
+from aa.models.bundle import Models
 from aa.weights.native import export_moore, save_models
 from aa.weights.sd import save_native
 
@@ -84,7 +84,7 @@ def test_bad_inputs_fail_cleanly(files, tmp_path, capsys, problem):
 
 def test_keypoints_json_is_rendered_and_aligned(files, tmp_path):
     """--pose keypoints JSON is rendered at the output size; --align global with --ref-pose retargets it first."""
-    from aa.pose import Pose, save_json
+    from aa.poses.keypoints import Pose, save_json
     body = np.zeros((18, 3), np.float32)
     body[[0, 1, 2, 5, 8, 11]] = [[50, 20, 1], [50, 35, 1], [40, 35, 1], [60, 35, 1], [45, 70, 1], [55, 70, 1]]
     drive = [Pose(100, 100, body=body + [[k, 0, 0]]) for k in range(4)]

@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 import sample
-from aa import config
-from aa.models import Models
-from aa.pose import Pose, load_json, save_json
-from aa.pose_render import render_pose
-from aa.retarget import retarget
-from aa.video import write_video
+from aa.io.video import write_video
+from aa.models import config
+from aa.models.bundle import Models
+from aa.poses.keypoints import Pose, load_json, save_json
+from aa.poses.render import render_pose
+from aa.poses.retarget import retarget
 from aa.weights.native import export_moore, save_models
 from aa.weights.sd import save_native
 

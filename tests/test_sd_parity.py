@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from aa import ddim
+from aa.sampling import ddim
 from aa.weights.sd import load_unet, load_vae
 from tests.helpers import GOLDEN_SD_DIR, golden_sd_configs
 

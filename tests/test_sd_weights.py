@@ -18,16 +18,29 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from aa.config import VAEConfig, sd15_unet
-from aa.unet import UNet
-from aa.vae import AutoencoderKL
+from aa.models.config import VAEConfig, sd15_unet
+from aa.models.unet import UNet
+from aa.models.vae import AutoencoderKL
 from aa.weights import WeightsError
 from aa.weights import files as files_module
 from aa.weights.detect import describe, read_keys
 from aa.weights.rules import UNET_RULES, VAE_RULES, convert, rename, squeeze_conv_attention
-from aa.weights.sd import (UNET_DIFFUSERS, Format, UNET_SINGLE_FILE, VAE_DIFFUSERS, VAE_DIFFUSERS_LEGACY, VAE_LDM,
-                           VAE_SINGLE_FILE, detect_unet_format, detect_vae_format, load_unet, load_vae, resolve,
-                           save_native, unet_state_dict)
+from aa.weights.sd import (
+    UNET_DIFFUSERS,
+    UNET_SINGLE_FILE,
+    VAE_DIFFUSERS,
+    VAE_DIFFUSERS_LEGACY,
+    VAE_LDM,
+    VAE_SINGLE_FILE,
+    Format,
+    detect_unet_format,
+    detect_vae_format,
+    load_unet,
+    load_vae,
+    resolve,
+    save_native,
+    unet_state_dict,
+)
 from tests.helpers import FORMATS_DIR, GOLDEN_SD_DIR, golden_sd_configs, read_format_list
 
 UNET_PREFIX, VAE_PREFIX = "model.diffusion_model.", "first_stage_model."

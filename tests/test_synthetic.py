@@ -1,4 +1,4 @@
-"""Synthetic characters (tools/synthetic): deterministic, keypoints exact and on the figure, honest splits."""
+"""Synthetic characters (aa/synthetic): deterministic, keypoints exact and on the figure, honest splits."""
 import json
 import subprocess
 import sys
@@ -7,12 +7,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aa.pose import BODY_NAMES, load_json
-from aa.video import read_video, video_info
-from tools.synthetic import (HELD_OUT_MOTIONS, MOTIONS, TRAIN_MOTIONS, PoseState, character_seed, make_clip,
-                             plan_splits, pose_figure, reference, render_frame, sample_character, sample_params)
-from tools.synthetic.__main__ import main
-from tools.synthetic.canvas import Canvas, background, supersampling
+from aa.io.video import read_video, video_info
+from aa.poses.keypoints import BODY_NAMES, load_json
+from aa.synthetic import (
+    HELD_OUT_MOTIONS,
+    MOTIONS,
+    TRAIN_MOTIONS,
+    PoseState,
+    character_seed,
+    make_clip,
+    plan_splits,
+    pose_figure,
+    reference,
+    render_frame,
+    sample_character,
+    sample_params,
+)
+from aa.synthetic.__main__ import main
+from aa.synthetic.canvas import Canvas, background, supersampling
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--size", "64", "--train-characters", "2", "--val-characters", "1", "--test-characters", "1",
@@ -113,10 +125,10 @@ def test_splits_hold_out_characters_and_motions():
 
 
 def test_cli_writes_readable_videos_with_matching_keypoints(tmp_path):
-    """`python -m tools.synthetic` writes manifests whose videos decode to as many frames as their keypoints,
+    """`python -m aa.synthetic` writes manifests whose videos decode to as many frames as their keypoints,
     plus a reference PNG and keypoints per character; and it does exactly the work asked: the clips plan_splits
     plans for the given counts, each of the given size and length, the characters they use, no other video."""
-    subprocess.run([sys.executable, "-m", "tools.synthetic", "--out", str(tmp_path), *TINY], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "aa.synthetic", "--out", str(tmp_path), *TINY], cwd=ROOT, check=True)
     plan = plan_splits(train_characters=2, val_characters=1, test_characters=1, clips_per_character=1)
     listed = []
     for split in ("train", "val", "test_chars", "test_motions"):

@@ -1,4 +1,4 @@
-"""tools/synthetic's character boxes (render_frame_box, the dataset's <clip>.box.json): where the region metrics of
+"""aa/synthetic's character boxes (render_frame_box, the dataset's <clip>.box.json): where the region metrics of
 tools/eval.py look."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from tools.synthetic import MOTIONS, make_clip, sample_character, sample_params, write_dataset
-from tools.synthetic.canvas import background, supersampling
-from tools.synthetic.dataset import make_clip_boxes
-from tools.synthetic.render import render_frame_box
+from aa.synthetic import MOTIONS, make_clip, sample_character, sample_params, write_dataset
+from aa.synthetic.canvas import background, supersampling
+from aa.synthetic.dataset import make_clip_boxes
+from aa.synthetic.render import render_frame_box
 
 SIZE = 64
 

@@ -1,5 +1,5 @@
-"""The AnimateDiff temporal layer (SPEC 3): parity with the original code through our loader, what the layer can and
-cannot mix, the sinusoid, long windows, and AnimateDiff v1's pooled ResNet norms (SPEC 2)."""
+"""The AnimateDiff temporal layer: parity with the original code through our loader, what the layer can and
+cannot mix, the sinusoid, long windows, and AnimateDiff v1's pooled ResNet norms."""
 from __future__ import annotations
 
 import math
@@ -11,11 +11,11 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from aa import config
-from aa.config import MotionConfig
-from aa.resnet import ResnetBlock2D
-from aa.temporal import MotionModule, PositionalEncoding, sinusoid_table
-from aa.unet import UNet
+from aa.models import config
+from aa.models.config import MotionConfig
+from aa.models.resnet import ResnetBlock2D
+from aa.models.temporal import MotionModule, PositionalEncoding, sinusoid_table
+from aa.models.unet import UNet
 from aa.weights.animate import insert_motion_modules, load_motion_modules
 
 GOLDEN = Path(__file__).parent / "data" / "golden_motion"

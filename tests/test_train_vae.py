@@ -9,14 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aa import config
-from aa.config import VAEConfig, build
-from aa.training.loop import TrainConfig
+from aa.models import config
+from aa.models.config import VAEConfig, build
+from aa.models.vae import AutoencoderKL
+from aa.synthetic import write_dataset
+from aa.training import vae as vae_training
+from aa.training.config import TrainConfig
 from aa.training.setup import stage1_models
-from aa.vae import AutoencoderKL
 from aa.weights.sd import load_vae, save_native
 from tools import train_vae
-from tools.synthetic import write_dataset
 
 
 def test_decoder_only_keeps_the_encoder_bit_identical(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -75,12 +76,12 @@ def test_latent_crop_pairs_pixels_with_the_latents_above_them() -> None:
     average-pooled: the pixel window is the latent window scaled by the frame/latent ratio, for the given frames."""
     g = np.random.default_rng(0)
     frames = g.integers(0, 256, (5, 32, 48, 3), dtype=np.uint8)
-    mean = torch.nn.functional.avg_pool2d(train_vae.to_tensor(frames), 4)
+    mean = torch.nn.functional.avg_pool2d(vae_training.to_tensor(frames), 4)
     idx = np.array([3, 0, 3])
-    pixels, z = train_vae.latent_crop(frames, (mean, torch.zeros_like(mean)), idx, 2, 5, 4)
+    pixels, z = vae_training.latent_crop(frames, (mean, torch.zeros_like(mean)), idx, 2, 5, 4)
     assert pixels.shape == (3, 3, 16, 16) and z.shape == (3, 3, 4, 4)
     torch.testing.assert_close(torch.nn.functional.avg_pool2d(pixels, 4), z)
-    assert torch.equal(pixels[0], train_vae.to_tensor(frames[3:4, 8:24, 20:36])[0])
+    assert torch.equal(pixels[0], vae_training.to_tensor(frames[3:4, 8:24, 20:36])[0])
 
 
 def test_a_fresh_vae_of_other_widths_trains_and_stage1_loads_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -89,7 +90,7 @@ def test_a_fresh_vae_of_other_widths_trains_and_stage1_loads_it(tmp_path: Path, 
     for seed, name in enumerate(("a", "b")):
         write_dataset(tmp_path / name, 32, 32, train_characters=1, val_characters=1, test_characters=1,
                       clips_per_character=1, frames=4, seed=seed, progress=False)
-    assert len(train_vae.load_frames([tmp_path / "a", tmp_path / "b"], "train", 1)) == 8
+    assert len(vae_training.load_frames([tmp_path / "a", tmp_path / "b"], "train", 1)) == 8
     argv = ["--data", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "run"), "--model", "tiny",
             "--steps", "2", "--batch-size", "2", "--crop", "16", "--every", "1", "--eval-every", "2"]
     train_vae.main([*argv, "--channels", "8,16,16,24", "--layers", "2"])
@@ -118,7 +119,7 @@ def test_widened_decoder_computes_the_same_function_and_can_train_apart() -> Non
     vae = AutoencoderKL(config.demo().vae)
     for p in vae.decoder.parameters():  # away from the initialisation's zeros and ones, so every path matters
         p.data += 0.05 * torch.randn_like(p)
-    wide = train_vae.widen_decoder(vae, 2, torch.Generator().manual_seed(0))
+    wide = vae_training.widen_decoder(vae, 2, torch.Generator().manual_seed(0))
     assert wide.cfg.decoder_channels == tuple(2 * c for c in vae.cfg.decoder_channels)
     assert wide.encoder is vae.encoder and wide.post_quant_conv is vae.post_quant_conv
     z = torch.randn(2, vae.cfg.latent_channels, 6, 5)

@@ -17,24 +17,26 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import train as train_script
-from aa import config, ddim
-from aa.config import ModelConfig
-from aa.data import DataConfig, PoseVideoDataset, read_manifest
-from aa.models import Models
-from aa.pose_guider import PoseGuider
+from aa.io.video import read_video
+from aa.models import config
+from aa.models.bundle import Models
+from aa.models.config import ModelConfig
+from aa.models.pose_guider import PoseGuider
+from aa.sampling import ddim
+from aa.synthetic import write_dataset
 from aa.training.checkpoint import STATE, load_train_state
-from aa.training.loop import TrainConfig, Trainer, train
+from aa.training.config import TrainConfig
+from aa.training.data import DataConfig, PoseVideoDataset, read_manifest
+from aa.training.loop import Trainer, train
 from aa.training.objective import Objective, Trainable, draw_noise, encode
 from aa.training.sampler import Layout, micro_batch
 from aa.training.setup import build_models, set_trainable, single_token_query_parameters
-from aa.video import read_video
 from aa.weights import WeightsError, load_moore
 from aa.weights.animate import load_motion_modules
 from aa.weights.clip import load_clip
 from aa.weights.native import export_moore, load_models, save_models
 from aa.weights.sd import load_vae, unet_state_dict
 from tests.helpers import GOLDEN_SD_DIR, golden_sd_configs
-from tools.synthetic import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -347,7 +349,8 @@ def test_half_precision_folders_train_in_fp32(tmp_path):
 def test_every_config_field_is_a_flag():
     """TrainConfig's fields map one to one onto train.py's flags, each with help; a negative --min-snr-gamma turns
     the weighting off."""
-    assert set(train_script.HELP) == {f.name for f in fields(TrainConfig)}
+    actions = {a.dest: a for a in train_script.parser()._actions}
+    assert all(actions[f.name].help for f in fields(TrainConfig))
     cfg = tiny_config(Path("train.json"), Path("run"), stage=2, zero_snr=False, fsdp=True, prediction="eps",
                       noise_offset=0.0, stage1="s1", resume="auto", snr_weighting="hang")
     cfg = replace(cfg, data=["a/train.json", "b/train.json"])  # several manifests
@@ -466,7 +469,7 @@ def test_a_corrupt_video_trains_on_the_rest(data, tmp_path, caplog):
              *[{k: str(data.parent / v) for k, v in x.items() if k in ("video", "keypoints")} for x in items]]
     manifest = tmp_path / "train.json"
     manifest.write_text(json.dumps(items))
-    with caplog.at_level(logging.WARNING, logger="aa.data"):
+    with caplog.at_level(logging.WARNING, logger="aa.training.data"):
         last = train(tiny_config(manifest, tmp_path / "run", steps=3, batch_size=2))
     assert last.name == "step_0000003"
     assert any("corrupt.mp4" in r.getMessage() for r in caplog.records)
@@ -528,7 +531,7 @@ def test_torchrun_fsdp_matches_one_process(runs):
 
 
 def test_learning_rate_warms_up_holds_and_decays_to_zero():
-    from aa.training.loop import TrainConfig, lr_factor
+    from aa.training.loop import lr_factor
     cfg = TrainConfig(steps=10, warmup=2, decay=4)
     assert [round(lr_factor(cfg, s), 3) for s in range(10)] == [0.5, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25]
     assert lr_factor(TrainConfig(steps=10, warmup=2), 9) == 1.0

@@ -4,10 +4,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from aa import config
-from aa.pose_guider import PoseGuider
-from aa.reference import ReferenceNet
-from aa.unet import UNet
+from aa.models import config
+from aa.models.pose_guider import PoseGuider
+from aa.models.reference import ReferenceNet, reference_state
+from aa.models.unet import UNet
 
 CFG = config.tiny()
 STAGE1 = replace(CFG.unet, motion=None)
@@ -116,3 +116,15 @@ def test_reference_features_when_the_top_level_has_no_attention():
     feats = ref(torch.randn(1, 4, 8, 8), torch.randn(1, 1, 16))
     assert len(feats) == len(ref.transformers()) == 1 + 1 + 2
     assert ref.unused_parameters()
+
+
+def test_reference_state_is_the_unet_without_head_and_temporal_layers():
+    """`reference_state` of a UNet with temporal layers loads a ReferenceNet strictly (every key used, none
+    missing), and the ReferenceNet's weights are the UNet's own tensors."""
+    torch.manual_seed(0)
+    unet = UNet(CFG.unet)  # with temporal layers
+    state = reference_state(unet.state_dict())
+    ref = ReferenceNet(CFG.unet)
+    ref.load_state_dict(state, strict=True)
+    for name, tensor in ref.state_dict().items():
+        assert torch.equal(tensor, unet.state_dict()[name]), name

@@ -1,10 +1,10 @@
-"""Video IO (aa/video.py): exact lossless round trips, partial reads by seeking, clear errors, atomic writes."""
+"""Video IO (aa/io/video.py): exact lossless round trips, partial reads by seeking, clear errors, atomic writes."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from aa import video
-from aa.video import VideoError, iter_video, read_frames_folder, read_image, read_video, video_info, write_video
+from aa.io import video
+from aa.io.video import VideoError, iter_video, read_frames_folder, read_image, read_video, video_info, write_video
 
 
 def _noise(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -32,15 +32,16 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from aa import config, pipeline
-    from aa.models import Models
+    from aa.models import config
+    from aa.models.bundle import Models
+    from aa.sampling import pipeline
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     if args.task == "flops":
         frames, width, height = 24, 512, 768
         with torch.device("meta"):
-            m = Models.build(config.moore())
+            m = Models.build(config.sd15())
             ctx = torch.zeros(1, 1, m.unet.cfg.context_dim)
             kv = m.unet.reference_kv(m.reference_net(torch.zeros(1, 4, height // 8, width // 8), ctx))
             z = torch.zeros(frames, 4, height // 8, width // 8)
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(worker(args)))
         return
     if args.old is None or not (args.old / "aa" / "pipeline.py").is_file():
-        raise SystemExit(f"{args.old} holds no aa/pipeline.py")
+        raise SystemExit(f"{args.old} holds no aa/sampling/pipeline.py")
     roots = {"old": args.old.resolve(), "new": ROOT}
     tasks = [("video", size) for size in args.video] + [("unet", args.video[0])]
     results: dict[tuple[str, str, str], list[float]] = {}

@@ -6,7 +6,7 @@
     git archive HEAD aa | tar -x -C /tmp/aa-old && python tools/bench_pipeline.py --old /tmp/aa-old   # before/after
 
 Prints the time per stage (reference encoding, UNet steps, VAE decode), per-step time, peak memory and, on a GPU,
-the achieved TFLOP/s against the cost model of SPEC 5 (FLOPs counted on the meta device). With `--old DIR` (a folder
+the achieved TFLOP/s against the FLOPs of the run (counted on the meta device). With `--old DIR` (a folder
 holding an earlier `aa/` package) it compares that code with this one instead (tools/bench_compare.py): alternating
 runs in fresh processes, the same sizes, inputs and threads.
 """
@@ -27,9 +27,10 @@ from torch.utils.flop_counter import FlopCounterMode
 if __package__ in (None, ""):  # run as `python tools/bench_pipeline.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aa import config, pipeline  # noqa: E402
-from aa.models import Models  # noqa: E402
-from aa.step import prepare_unet  # noqa: E402
+from aa.models import config  # noqa: E402
+from aa.models.bundle import Models  # noqa: E402
+from aa.sampling import pipeline  # noqa: E402
+from aa.sampling.plan import prepare_unet  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -66,7 +67,7 @@ def unet_flops(cfg: config.ModelConfig, frames: int, height: int, width: int, gu
         counts["step"] = fc.get_total_flops()
         with FlopCounterMode(display=False) as fc:
             m.pose_guider(torch.zeros(frames, 3, height, width))
-        counts["pose_guider"] = fc.get_total_flops()  # once per video (aa/step.py)
+        counts["pose_guider"] = fc.get_total_flops()  # once per video (aa/sampling/plan.py)
         with FlopCounterMode(display=False) as fc:
             m.vae.decode(torch.zeros(1, 4, h, w))
         counts["decode_per_frame"] = fc.get_total_flops()
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
 
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if device.type == "cuda" else torch.float32
-    cfg = config.moore() if args.model == "sd15" else config.tiny()
+    cfg = config.sd15() if args.model == "sd15" else config.tiny()
     torch.manual_seed(0)
     t0 = time.perf_counter()
     with torch.device(device):

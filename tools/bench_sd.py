@@ -35,9 +35,9 @@ def wall_times(fn: Callable[[], object], warmup: int, repeats: int) -> list[floa
 
 
 def models_aa() -> tuple[torch.nn.Module, Callable, torch.nn.Module, Callable]:
-    from aa.config import VAEConfig, sd15_unet
-    from aa.unet import UNet
-    from aa.vae import AutoencoderKL
+    from aa.models.config import VAEConfig, sd15_unet
+    from aa.models.unet import UNet
+    from aa.models.vae import AutoencoderKL
 
     unet, vae = UNet(sd15_unet()).eval(), AutoencoderKL(VAEConfig()).eval()
     return unet, lambda x, t, c: unet(x, t, c), vae, lambda z: vae.decode(z)

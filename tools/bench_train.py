@@ -35,18 +35,20 @@ import torch
 if __package__ in (None, ""):  # run as `python tools/bench_train.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aa.data import DataConfig, PoseVideoDataset, read_manifests  # noqa: E402
-from aa.models import Models  # noqa: E402
-from aa.training.loop import TrainConfig, Trainer, collate  # noqa: E402
-from aa.training.setup import PRESETS, set_trainable  # noqa: E402
+from aa.models.bundle import Models  # noqa: E402
+from aa.models.config import ARCHITECTURES  # noqa: E402
+from aa.training.config import STAGES, TrainConfig  # noqa: E402
+from aa.training.data import DataConfig, PoseVideoDataset, read_manifests  # noqa: E402
+from aa.training.loop import Trainer, collate  # noqa: E402
+from aa.training.setup import set_trainable  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=sorted(PRESETS), default="sd15",
+    p.add_argument("--model", choices=sorted(ARCHITECTURES), default="sd15",
                    help="architecture preset: 'sd15' (SD 1.5 UNets + AnimateDiff v2 temporal layers), 'demo' or "
                         "'tiny'")
-    p.add_argument("--stages", type=int, nargs="+", choices=[1, 2], default=[1, 2], help="which stages to run")
+    p.add_argument("--stages", type=int, nargs="+", choices=STAGES, default=list(STAGES), help="which stages to run")
     p.add_argument("--width", type=int, default=512, help="frame width in pixels (multiple of 8)")
     p.add_argument("--height", type=int, default=512, help="frame height in pixels (multiple of 8)")
     p.add_argument("--frames", type=int, default=24, help="stage 2: frames per clip")
@@ -90,7 +92,7 @@ def bench_stage(args: argparse.Namespace, stage: int, device: torch.device) -> N
                       mixed_precision=args.mixed_precision, uncond_rate=0.0, lr=1e-5,
                       train_image_encoder=args.train_image_encoder)
     cfg.check(device)
-    model_cfg = PRESETS[args.model]()
+    model_cfg = ARCHITECTURES[args.model]()
     if stage == 1:
         model_cfg = replace(model_cfg, unet=replace(model_cfg.unet, motion=None))
     if device.type == "cuda":

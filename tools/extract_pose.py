@@ -20,10 +20,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aa.pose import save_json, save_json_frames  # noqa: E402
-from aa.pose_extract import BACKENDS, extract_poses  # noqa: E402
-from aa.pose_render import render_pose  # noqa: E402
-from aa.video import IMAGE_SUFFIXES, VideoError, iter_video, read_frames_folder, read_image, video_info, write_video  # noqa: E402
+from aa.io.video import IMAGE_SUFFIXES, VideoError, iter_video, read_frames_folder, read_image, video_info, write_video  # noqa: E402
+from aa.poses.extract import BACKENDS, extract_poses  # noqa: E402
+from aa.poses.keypoints import save_json, save_json_frames  # noqa: E402
+from aa.poses.render import render_pose  # noqa: E402
 
 
 def open_input(path: Path, fps: float | None) -> tuple[Iterator[np.ndarray], int, float, bool]:

@@ -1,15 +1,14 @@
 """Draw the pose-rendering golden images with the original DWPose drawing code, for tests/test_pose_render.py.
 
-Run with the reference environment, never from the tests:
+Run in the reference environment of requirements-golden.txt (with controlnet_aux installed --no-deps: it ships
+DWPose's util.py, and its dependencies are not needed), never from the tests:
 
-    /work/refenv/bin/pip install --no-deps controlnet_aux==0.0.10   # ships DWPose's util.py; its deps are not needed
-    /work/refenv/bin/pip install opencv-python-headless matplotlib numpy pillow
-    /work/refenv/bin/python tools/golden_pose.py
+    python tools/golden_pose.py
 
 The drawing functions come from `controlnet_aux/dwpose/util.py` (DWPose's `annotator/dwpose/util.py`, the file
 Moore-AnimateAnyone and MusePose also copy), loaded from the installed package by file path and run unmodified;
 only `draw_pose`'s three calls (in `controlnet_aux/dwpose/__init__.py`, which imports torch and the whole package)
-are repeated here. The known skeleton is written as OpenPose JSON by hand, independently of `aa.pose`.
+are repeated here. The known skeleton is written as OpenPose JSON by hand, independently of `aa.poses.keypoints`.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Kill -9 trials of training (issue 16): kill tiny runs at random moments, restart them with --resume auto, and
+"""Kill -9 trials of training: kill tiny runs at random moments, restart them with --resume auto, and
 check that each restart leaves no temp folder of a dead process and that the finished run is bit-identical to one
 that was never killed.
 
@@ -27,8 +27,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python tools/kill_trials.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aa.pose import Pose, save_json  # noqa: E402
-from aa.video import write_video  # noqa: E402
+from aa.io.video import write_video  # noqa: E402
+from aa.poses.keypoints import Pose, save_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LEFTOVER = re.compile(r"\.(?:step_\d+\.(?:tmp|old)|\w+\.(?:safetensors|json)\.tmp)(\d+)")

@@ -1,9 +1,8 @@
 """Generate the CLIP golden fixtures under tests/data/golden_clip/ from transformers (run in the reference env).
 
-    OMP_NUM_THREADS=1 /tmp/refenv/bin/python tools/make_golden_clip.py [--torchvision-src DIR]
+    OMP_NUM_THREADS=1 python tools/make_golden_clip.py [--torchvision-src DIR]
 
-The reference env: a venv with torch==2.13.0 (CPU), diffusers==0.42.0 and transformers==5.23.0 (the version the
-stored config.json names), made as /tmp/refenv for the last run (see tools/make_golden_sd.py).
+The reference env: requirements-golden.txt (transformers at the version the stored config.json names).
 
 Writes:
 - image_encoder/{config.json,model.safetensors}: a tiny `CLIPVisionModelWithProjection` (tiny().clip sizes) with
@@ -25,8 +24,8 @@ The project's tests read these files and never import transformers.
 torchvision: the reference env's torch has no matching torchvision build (PyPI's wheels fail to import beside the
 CPU torch: "operator torchvision::nms does not exist"). The card's resize is torchvision's pure-Python
 `transforms/_functional_tensor.py::resize`, which needs no compiled ops, so `--torchvision-src` can point at an
-unpacked torchvision (e.g. `pip install --no-deps --target DIR torchvision==0.28.0`) and that one file is loaded
-on its own. With a working `import torchvision` the option is not needed.
+unpacked torchvision (requirements-golden.txt gives the command) and that one file is loaded on its own. With a
+working `import torchvision` the option is not needed.
 """
 from __future__ import annotations
 
@@ -45,7 +44,7 @@ from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from aa.config import tiny  # noqa: E402  (plain dataclasses: no torch model code from the project runs here)
+from aa.models.config import tiny  # noqa: E402  (plain dataclasses: no torch model code from the project runs here)
 
 
 def randomize(model: torch.nn.Module, gen: torch.Generator) -> None:
@@ -133,8 +132,8 @@ def test_image(gen: torch.Generator, width: int = 157, height: int = 100) -> np.
 def torchvision_tensor_resize(src: Path | None):
     """torchvision's `resize` for tensors (what `transforms.Resize` runs on a float tensor), and where it came from."""
     try:
-        from torchvision.transforms import _functional_tensor as ft
         import torchvision
+        from torchvision.transforms import _functional_tensor as ft
         return ft.resize, f"torchvision {torchvision.__version__}"
     except (ImportError, RuntimeError):
         if src is None:

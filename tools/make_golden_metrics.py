@@ -1,12 +1,11 @@
 """Generate tests/data/golden_metrics.safetensors: SSIM and PSNR of small video pairs computed by scikit-image.
 
-    /work/refenv/bin/pip install scikit-image      # once
-    /work/refenv/bin/python tools/make_golden_metrics.py
+    python tools/make_golden_metrics.py     # in the reference env of requirements-golden.txt (with scikit-image)
 
 The oracle is `skimage.metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
 use_sample_covariance=False, data_range=1, channel_axis=-1)` (Wang et al. 2004's settings: 11-tap gaussian window,
 population covariance; skimage filters with reflect padding, then averages the map without its 5-pixel border, which
-is `aa.metrics.ssim_frames`'s 'valid' convention) and `peak_signal_noise_ratio(b, a, data_range=1)`, per frame, on
+is `aa.eval.metrics.ssim_frames`'s 'valid' convention) and `peak_signal_noise_ratio(b, a, data_range=1)`, per frame, on
 uint8 frames divided by 255.
 
 Writes (all tiny): `truth` and `generated` uint8 (f, h, w, 3), a non-square 20x28 textured scene and, per frame, a

@@ -6,20 +6,17 @@ format", 2024-05-29), with its models built and loaded as its `scripts/pose2vid.
 folder via `from_pretrained_2d` with `unet_additional_kwargs` of `configs/inference/inference_v2.yaml`, then
 `denoising_unet.pth` loaded with strict=False; reference UNet from the same base then `reference_unet.pth`; DDIM
 from that yaml's `noise_scheduler_kwargs`). Nothing of that source is copied here: `--moore-src` puts it on
-sys.path. Regenerate from a fresh checkout:
+sys.path. Regenerate in the Moore env of requirements-golden.txt (its own pins: the release needs 2023 library
+versions), with the release source at the commit above (a clone of MooreThreads/Moore-AnimateAnyone checked out at
+it, or a `git archive` of that commit) unpacked to DIR:
 
-    # the release source at the commit above (e.g. a clone, or `git archive` of a mirror), unpacked to /tmp/moore-src
-    python3 -m venv /tmp/venv-moore
-    /tmp/venv-moore/bin/pip install torch==2.13.0 diffusers==0.24.0 transformers==4.36.2 huggingface_hub==0.20.3 \
-        accelerate==0.21.0 einops omegaconf "numpy<2" pillow safetensors av
-    /tmp/venv-moore/bin/python tools/make_golden_moore.py --moore-src /tmp/moore-src
-    # measured with pillow 13.0.0, numpy 1.26.4, einops 0.8.2, omegaconf 2.4.0, safetensors 0.8.0 (torch 2.13.0+cpu)
+    python tools/make_golden_moore.py --moore-src DIR
 
 The model is TINY and random (weights drawn here, see `randomize`), in the release layout, written to --out:
-- config.json: the architecture as an `aa.config.ModelConfig` dict (`aa.config.from_dict` reads it); the release
-  models below are built from it: 4 UNet levels of 32 channels (the release's `from_pretrained_2d` fixes 4 levels,
-  attention in the first 3), 1 layer per block, 8 heads (SD 1.5's `attention_head_dim: 8`), 32 norm groups (the
-  release's motion modules fix 32), CLIP projection 16 as the cross-attention width; the yaml's
+- config.json: the architecture as an `aa.models.config.ModelConfig` dict (`aa.models.config.from_dict` reads it);
+  the release models below are built from it: 4 UNet levels of 32 channels (the release's `from_pretrained_2d`
+  fixes 4 levels, attention in the first 3), 1 layer per block, 8 heads (SD 1.5's `attention_head_dim: 8`), 32 norm
+  groups (the release's motion modules fix 32), CLIP projection 16 as the cross-attention width; the yaml's
   `unet_additional_kwargs` unchanged (8 motion heads, pe length 32, mid-block module). The VAE has 3 levels (4x, so
   the latents are 16x32 for 64x128 frames: with one channel per norm group the 8x VAE's 8x16 latents left 1x2
   maps at the UNet's bottom, where GroupNorm is nearly a sign function and fp32 rounding noise grew to 0.4 in the
@@ -36,8 +33,9 @@ The model is TINY and random (weights drawn here, see `randomize`), in the relea
   drew (its `prepare_latents` is called without `latents`: it always draws `randn((1, 4, f, 32, 16))` from the
   generator, here `torch.manual_seed(seed)` on the CPU; we record what it drew), `frames` fp16 (f, 128, 64, 3): the
   released output `videos` in [0, 1], not rounded to 8 bits (fp16 adds < 0.07/255). Metadata: steps, guidance,
-  window (context_frames), overlap (context_overlap), seed, width, height, moore_commit (as JSON, key "golden"). `single` has 4 frames (one
-  window), `long` 10: windows start every 3 frames (0, 3, 6, 9) and the last one wraps round to frames 0-2.
+  window (context_frames), overlap (context_overlap), seed, width, height, moore_commit (as JSON, key "golden").
+  `single` has 4 frames (one window), `long` 10: windows start every 3 frames (0, 3, 6, 9) and the last one wraps
+  round to frames 0-2.
 3 DDIM steps (trailing: t = 999, 666, 332, each stepping to alpha_bar(t - 333)), guidance 3.5, eta 0, fp32, CPU.
 Every file is the same bytes on every run.
 
@@ -64,8 +62,15 @@ from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from aa.config import (CLIPVisionConfig, ModelConfig, MotionConfig, PoseGuiderConfig, UNetConfig,  # noqa: E402
-                       VAEConfig, to_dict)
+from aa.models.config import (  # noqa: E402
+    CLIPVisionConfig,
+    ModelConfig,
+    MotionConfig,
+    PoseGuiderConfig,
+    UNetConfig,
+    VAEConfig,
+    to_dict,
+)
 
 COMMIT = "a914ef38aae3733c2f02f29853dd0593372e0cc9"
 WIDTH, HEIGHT, REF_SIZE = 64, 128, (72, 96)
@@ -148,11 +153,11 @@ def pose_frames(n: int, seed: int) -> np.ndarray:
 def write_weights(out: Path, base: Path, cfg: ModelConfig, additional: dict) -> None:
     """Draw the tiny model and save it in the release layout (plus the base SD UNet folder the release builds on)."""
     from diffusers import AutoencoderKL
-    from transformers import CLIPVisionConfig as HFCLIPConfig
-    from transformers import CLIPVisionModelWithProjection
     from src.models.pose_guider import PoseGuider
     from src.models.unet_2d_condition import UNet2DConditionModel
     from src.models.unet_3d import UNet3DConditionModel
+    from transformers import CLIPVisionConfig as HFCLIPConfig
+    from transformers import CLIPVisionModelWithProjection
 
     (base / "unet").mkdir(parents=True)
     (base / "unet" / "config.json").write_text(json.dumps(unet_config_json(cfg.unet), indent=2))
@@ -190,11 +195,11 @@ def write_weights(out: Path, base: Path, cfg: ModelConfig, additional: dict) -> 
 def released_pipeline(out: Path, base: Path, cfg: ModelConfig, additional: dict, scheduler_kwargs: dict):
     """The release's inference models, loaded from the files just written as `scripts/pose2vid.py` loads them."""
     from diffusers import AutoencoderKL, DDIMScheduler
-    from transformers import CLIPVisionModelWithProjection
     from src.models.pose_guider import PoseGuider
     from src.models.unet_2d_condition import UNet2DConditionModel
     from src.models.unet_3d import UNet3DConditionModel
     from src.pipelines.pipeline_pose2vid_long import Pose2VideoPipeline
+    from transformers import CLIPVisionModelWithProjection
 
     vae = AutoencoderKL.from_pretrained(out / "vae")
     reference = UNet2DConditionModel.from_pretrained(base, subfolder="unet")

@@ -1,9 +1,8 @@
 """Generate the motion-module golden fixtures under tests/data/golden_motion/ (run in the reference env).
 
-    OMP_NUM_THREADS=1 /tmp/refenv/bin/python tools/make_golden_motion.py
+    OMP_NUM_THREADS=1 python tools/make_golden_motion.py
 
-The reference env: a venv with torch==2.13.0 (CPU), diffusers==0.42.0 and transformers==5.23.0, made as /tmp/refenv
-for the last run (see tools/make_golden_sd.py).
+The reference env: requirements-golden.txt.
 
 The oracle is the ORIGINAL AnimateDiff motion module, transcribed below from guoyww/AnimateDiff
 `animatediff/models/motion_module.py` (VanillaTemporalModule -> TemporalTransformer3DModel ->
@@ -16,11 +15,11 @@ residual, GEGLU feed-forward with its LayerNorm, Linear proj_out, residual.
 
 Cross-check: diffusers' own port (`AnimateDiffTransformer3D`, what `MotionAdapter` builds) loaded with the same
 weights must agree with the transcription to 1e-5 once its GroupNorm is swapped for a per-frame one. Unmodified it
-pools the GroupNorm statistics over the frames of a video, which the original never did (SPEC 2): its output is
+pools the GroupNorm statistics over the frames of a video, which the original never did: its output is
 stored as `*.y_diffusers_pooled` only to show the difference, never as a target.
 
 Writes:
-- mm_tiny_v2.safetensors: AnimateDiff-format motion modules for `aa.config.tiny()`'s UNet (widths 32/64, 2 heads,
+- mm_tiny_v2.safetensors: AnimateDiff-format motion modules for `aa.models.config.tiny()`'s UNet (widths 32/64, 2 heads,
   8 groups, mid-block module, pe length 32: detected as v2), random weights (proj_out too), stored in fp16 with
   fp16 `pos_encoder.pe` like an fp16 `.safetensors` twin. The oracle runs in fp32 on the fp16-rounded weights and
   its own fp32 sinusoid (the stored fp16 table is what loaders check and drop).
@@ -68,7 +67,7 @@ def swap(x: torch.Tensor, n: int) -> torch.Tensor:
     """(b n) m c -> (b m) n c: the original's "(b f) d c -> (b d) f c" and back."""
     bn, m, c = x.shape
     return x.reshape(bn // n, n, m, c).transpose(1, 2).reshape(bn // n * m, n, c)
-# aa.config.tiny()'s UNet: (32, 64) widths, one layer per down level, two per up level, a mid-block module
+# aa.models.config.tiny()'s UNet: (32, 64) widths, one layer per down level, two per up level, a mid-block module
 MODULES = {
     "down_blocks.0.motion_modules.0": 32, "down_blocks.1.motion_modules.0": 64, "mid_block.motion_modules.0": 64,
     "up_blocks.0.motion_modules.0": 64, "up_blocks.0.motion_modules.1": 64,

@@ -1,12 +1,11 @@
 """Golden fixtures for the SD 1.x parity tests (tests/test_sd_parity.py), made with the reference library.
 
-Builds a tiny random-weight diffusers `UNet2DConditionModel` and `AutoencoderKL` (the layout of `aa.config.tiny()`
-at a narrower width, so the files stay small), writes their weights in the public formats, runs them on fixed
-inputs, and records DDIMScheduler runs. Run from the repository root with the reference environment, a venv with
-torch==2.13.0 (CPU), diffusers==0.42.0 and transformers==5.23.0 (made as /tmp/refenv for the last run):
+Builds a tiny random-weight diffusers `UNet2DConditionModel` and `AutoencoderKL` (the layout of
+`aa.models.config.tiny()` at a narrower width, so the files stay small), writes their weights in the public formats,
+runs them on fixed inputs, and records DDIMScheduler runs. Run from the repository root in the reference
+environment (requirements-golden.txt: its packages, their versions and the command that makes it):
 
-    python -m venv /tmp/refenv && /tmp/refenv/bin/pip install torch==2.13.0 diffusers==0.42.0 transformers==5.23.0
-    OMP_NUM_THREADS=1 /tmp/refenv/bin/python tools/make_golden_sd.py
+    OMP_NUM_THREADS=1 python tools/make_golden_sd.py
 
 numerics.safetensors holds a second set of runs on the same models with a few parameters replaced, where the
 GroupNorm eps values and the exact (erf) GELU change the outputs far beyond the tests' tolerance (see
@@ -27,14 +26,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 from diffusers.models.activations import GEGLU
 from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
-from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 from safetensors.torch import save_file
 
-# aa.config field names, stored in the fixture so the tests build the same models
+# aa.models.config field names, stored in the fixture so the tests build the same models
 UNET = dict(block_out_channels=[8, 16], attention_levels=[True, False], layers_per_block=1, num_heads=2,
             context_dim=8, norm_groups=4)
 VAE = dict(block_out_channels=[4, 8, 8, 8], layers_per_block=1, norm_groups=4)

@@ -17,7 +17,7 @@ import torch
 if __package__ in (None, ""):  # run as `python tools/pack_demo.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aa.pose import load_json, save_json  # noqa: E402
+from aa.poses.keypoints import load_json, save_json  # noqa: E402
 from aa.weights.files import read_state_dict, save_state_dict  # noqa: E402
 from aa.weights.native import CONFIG, read_config  # noqa: E402
 

@@ -4,7 +4,7 @@
     python tools/precision_error.py --device cuda     # on a GPU, with fp16 too
 
 Every mode runs the same networks, reference, poses and initial noise; bf16/fp16 load the weights in that dtype and
-run without autocast (aa/pipeline.py). fp16 convolutions are slow or missing on some CPUs: `--modes` picks.
+run without autocast (aa/sampling/pipeline.py). fp16 convolutions are slow or missing on some CPUs: `--modes` picks.
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aa import pipeline  # noqa: E402
-from aa.pose import load_json  # noqa: E402
-from aa.pose_render import render_pose  # noqa: E402
-from aa.video import read_image  # noqa: E402
-from aa.weights.sources import load_for_sampling  # noqa: E402
+from aa.io.video import read_image  # noqa: E402
+from aa.poses.keypoints import load_json  # noqa: E402
+from aa.poses.render import render_pose  # noqa: E402
+from aa.sampling import pipeline  # noqa: E402
+from aa.sampling.load import load_for_sampling  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "weights" / "demo"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

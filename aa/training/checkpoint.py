@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from ..models import Models
-from ..safety import write_failure
-from ..weights.native import save_models
+from aa.io.cli import write_failure
+from aa.models.bundle import Models
+from aa.weights.native import save_models
 
 STATE = "train_state.pt"
 LEFTOVER = re.compile(r"\.step_\d+\.(tmp|old)(\d+)")  # what `save_checkpoint` and `_remove` leave when killed

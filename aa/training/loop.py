@@ -1,8 +1,8 @@
 """The training loop: one process per device, data-parallel with torchrun (DDP, or FSDP for small GPUs).
 
 Stage 1 trains the denoising UNet (no temporal layers), the ReferenceNet and the Pose Guider on single frames;
-stage 2 adds temporal layers and trains only them on clips (paper 3.3). The VAE and the image encoder stay frozen.
-Every sample's randomness comes from its position in the global sample stream (`sampler.py`), so a run gives the same
+stage 2 adds temporal layers and trains only them on runs of --frames frames (paper 3.3). The VAE and the image
+encoder stay frozen. Every sample's randomness comes from its position in the global sample stream (`sampler.py`), so a run gives the same
 result on any number of processes and when resumed.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import signal
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -22,109 +22,26 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .. import pipeline
-from ..data import DataConfig, PoseVideoDataset, read_manifests
-from ..models import NAMES, Models
-from ..video import VideoError, video_info
-from ..safety import StopSignals, Stopped
-from .checkpoint import clean_stale, latest_checkpoint, load_train_state, save_checkpoint, step_dir
-from .objective import Objective, Trainable, draw_noise, encode
-from .parallel import is_sharded, load_optimizer_state, network_states, optimizer_state, setup_distributed, wrap
-from .sampler import Layout, micro_batch
-from .setup import build_models, cast_frozen
+from aa.io.cli import Stopped, StopSignals
+from aa.io.video import VideoError, video_info
+from aa.models.bundle import NAMES, Models
+from aa.sampling import pipeline
+from aa.training.checkpoint import clean_stale, latest_checkpoint, load_train_state, save_checkpoint, step_dir
+from aa.training.config import AMP, DTYPES, TrainConfig
+from aa.training.data import DataConfig, PoseVideoDataset, read_manifests
+from aa.training.objective import Trainable, draw_noise, encode
+from aa.training.parallel import (
+    is_sharded,
+    load_optimizer_state,
+    network_states,
+    optimizer_state,
+    setup_distributed,
+    wrap,
+)
+from aa.training.sampler import Layout, micro_batch
+from aa.training.setup import build_models, cast_frozen
 
-AMP = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ENCODE_CHUNK = 8  # frames per VAE encoder call: its full-resolution activations are ~0.4 GB a frame at 512x512
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; `train.py` fills it from the command line (see its --help for each field)."""
-
-    stage: int = 1
-    data: str | list[str] = ""  # one manifest or several
-    out: str = "runs/aa"
-    val_data: str | None = None
-    model: str = "sd15"
-    init: str | None = None
-    sd_unet: str | None = None
-    vae: str | None = None
-    clip: str | None = None
-    pose_guider_init: str | None = None
-    stage1: str | None = None
-    motion: str | None = None
-    train_image_encoder: bool = False
-    steps: int = 1000
-    batch_size: int = 1
-    grad_accum: int = 1
-    lr: float = 1e-5
-    warmup: int = 1
-    decay: int = 0
-    weight_decay: float = 1e-2
-    clip_grad: float = 1.0
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    frozen_dtype: str = "fp32"
-    prediction: str = "v"
-    zero_snr: bool = True
-    min_snr_gamma: float | None = 5.0
-    snr_weighting: str = "released"
-    noise_offset: float = 0.05
-    uncond_rate: float = 0.1
-    reference: bool = True
-    width: int = 512
-    height: int = 512
-    frames: int = 24
-    stride: int = 1
-    min_ref_distance: int = 0
-    save_every: int = 500
-    keep: int = 3
-    log_every: int = 10
-    val_every: int = 0
-    val_steps: int = 20
-    seed: int = 0
-    workers: int = 2
-    fsdp: bool = False
-    resume: str | None = None
-    device: str | None = None
-
-    @property
-    def clip_frames(self) -> int:
-        """Target frames per sample: 1 in stage 1, --frames in stage 2."""
-        return 1 if self.stage == 1 else self.frames
-
-    def objective(self) -> Objective:
-        """The loss options (the schedule is the one SD was trained with: scaled_linear)."""
-        return Objective(self.prediction, "scaled_linear", self.zero_snr, self.min_snr_gamma, self.noise_offset,
-                         self.uncond_rate, reference=self.reference, snr_weighting=self.snr_weighting)
-
-    def sampling(self) -> dict:
-        """What inference must use with these weights (recorded in every checkpoint's config.json)."""
-        recorded = {"prediction": self.prediction, "beta_schedule": "scaled_linear", "zero_snr": self.zero_snr,
-                    "reference": self.reference, "width": self.width, "height": self.height}
-        if self.stage == 2:  # the temporal layers learned windows of this length
-            recorded["window"] = self.frames
-            recorded["overlap"] = min(4, self.frames // 3)
-        return recorded
-
-    def check(self, device: torch.device) -> None:
-        """Refuse settings that can't run, before any heavy work (ValueError naming the flag)."""
-        if self.mixed_precision not in AMP:
-            raise ValueError(f"--mixed-precision must be one of {sorted(AMP)}, got {self.mixed_precision!r}")
-        if self.mixed_precision == "fp16" and device.type != "cuda":
-            raise ValueError("--mixed-precision fp16 needs CUDA (its gradient scaler); use bf16 on the CPU")
-        if self.frozen_dtype not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"--frozen-dtype must be fp32, bf16 or fp16, got {self.frozen_dtype!r}")
-        if self.frozen_dtype != "fp32" and (self.mixed_precision == "no" or self.fsdp):
-            raise ValueError("--frozen-dtype needs --mixed-precision (autocast reads the weights in low precision) "
-                             "and does not go with --fsdp (its units need one dtype)")
-        if self.prediction not in ("v", "eps"):
-            raise ValueError(f"--prediction must be 'v' or 'eps', got {self.prediction!r}")
-        if self.width % 8 or self.height % 8:
-            raise ValueError(f"--width and --height must be multiples of 8, got {self.width}x{self.height}")
-        for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every", "frames", "stride"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
 
 
 class Trainer:
@@ -135,7 +52,7 @@ class Trainer:
         self.models, self.cfg, self.device = models, cfg, device
         self.obj = cfg.objective()
         if cfg.frozen_dtype != "fp32":
-            cast_frozen(models, AMP[cfg.frozen_dtype])
+            cast_frozen(models, DTYPES[cfg.frozen_dtype])
         self.trainable = Trainable(models, self.obj).to(device)
         for net in (models.unet, models.reference_net):
             net.gradient_checkpointing = cfg.gradient_checkpointing
@@ -273,8 +190,8 @@ def train(cfg: TrainConfig, stop: StopSignals | None = None) -> Path:
     start, state = 0, None
     resume = resume_from(cfg, run)
     if resume is not None:  # weights before wrapping (FSDP shards what is there), optimizer state after
-        from ..weights.files import read_state_dict
-        from ..weights.native import read_config
+        from aa.weights.files import read_state_dict
+        from aa.weights.native import read_config
         _, _, files = read_config(resume)
         for name in trainable_names:
             getattr(models, name).load_state_dict(read_state_dict(files[name]))
@@ -345,9 +262,9 @@ def train(cfg: TrainConfig, stop: StopSignals | None = None) -> Path:
 
 @torch.no_grad()
 def validate(models: Models, cfg: TrainConfig, step: int, run: Path, write: bool = True) -> Path | None:
-    """A validation video with the real pipeline, ground truth | pose | generated, for the first readable validation
-    clip (stage 1: up to 8 frames, stage 2: --frames); written to run/val/step_N.mp4."""
-    from ..video import write_video
+    """A validation video with the real pipeline, ground truth | pose | generated, for the first frames of the first
+    validation video (stage 1: up to 8, stage 2: --frames); written to run/val/step_N.mp4."""
+    from aa.io.video import write_video
     entries = read_manifests(cfg.val_data or cfg.data)
     frames = cfg.frames
     if cfg.stage == 1:  # the first video's length, up to 8 (the stage-1 UNet has no temporal layers)

@@ -1,5 +1,5 @@
 """The training loss of both stages: denoise VAE latents of the target frames given the pose, the reference image's
-features and its CLIP embedding (paper 3.3; SPEC 1-2).
+features and its CLIP embedding (paper 3.3, as the released Moore-AnimateAnyone code trains it).
 
 L = w(t) || target(z0, eps, t) - UNet(z_t, t, CLIP(ref), ReferenceNet(ref), PoseGuider(pose)) ||^2, with
 target = eps or v, w = min-SNR-gamma (Hang et al. 2023; for v as the release computes it: ddim.min_snr_weight),
@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import ddim
-from ..models import Models
-from ..vae import AutoencoderKL
+from aa.models.bundle import Models
+from aa.models.vae import AutoencoderKL
+from aa.sampling import ddim
 
 
 @dataclass(frozen=True)

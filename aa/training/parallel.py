@@ -11,15 +11,19 @@ import os
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, \
-    get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.nn.parallel import DistributedDataParallel
 
-from ..attention import Transformer2D
-from ..models import Models
-from ..resnet import ResnetBlock2D
-from ..temporal import MotionModule
-from .objective import Trainable
+from aa.models.attention import Transformer2D
+from aa.models.bundle import Models
+from aa.models.resnet import ResnetBlock2D
+from aa.models.temporal import MotionModule
+from aa.training.objective import Trainable
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, gathered to the CPU
 

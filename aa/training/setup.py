@@ -2,24 +2,20 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .. import config
-from ..models import Models
-from ..unet import UNet
-from ..weights.animate import insert_motion_modules
-from ..weights.clip import load_clip
-from ..weights.controlnet import controlnet_pose_guider_state
-from ..weights.native import load_models
-from ..weights.sd import load_vae, unet_state_dict, vae_config_beside
-
-if TYPE_CHECKING:
-    from .loop import TrainConfig
-
-PRESETS = {"sd15": config.moore, "demo": config.demo, "tiny": config.tiny}
+from aa.models import config
+from aa.models.bundle import Models
+from aa.models.reference import reference_state
+from aa.models.unet import UNet
+from aa.training.config import TrainConfig
+from aa.weights.animate import insert_motion_modules
+from aa.weights.clip import load_clip
+from aa.weights.controlnet import controlnet_pose_guider_state
+from aa.weights.native import load_models
+from aa.weights.sd import load_vae, unet_state_dict, vae_config_beside
 
 
 def stage1_models(cfg: TrainConfig) -> Models:
@@ -28,15 +24,14 @@ def stage1_models(cfg: TrainConfig) -> Models:
     if cfg.init:
         models, _ = load_models(cfg.init, dtype=torch.float32)  # fp32 master weights, whatever the file holds
     else:
-        if cfg.model not in PRESETS:
-            raise ValueError(f"unknown model preset {cfg.model!r}: expected one of {sorted(PRESETS)}")
-        models = Models.build(PRESETS[cfg.model]())
+        if cfg.model not in config.ARCHITECTURES:
+            raise ValueError(f"unknown model preset {cfg.model!r}: expected one of {sorted(config.ARCHITECTURES)}")
+        models = Models.build(config.ARCHITECTURES[cfg.model]())
     models.unet = _without_motion(models)
     if cfg.sd_unet:
         state, _, _ = unet_state_dict(cfg.sd_unet, models.unet.cfg)
         models.unet.load_state_dict(state)
-        models.reference_net.load_state_dict({k: v for k, v in state.items() if not k.startswith("conv_")
-                                              or k.startswith("conv_in.")})
+        models.reference_net.load_state_dict(reference_state(state))
     if cfg.vae:
         models.vae = load_vae(cfg.vae, vae_config_beside(cfg.vae, models.vae.cfg), dtype=torch.float32)
     if cfg.clip:
@@ -66,7 +61,7 @@ def build_models(cfg: TrainConfig) -> tuple[Models, tuple[str, ...]]:
             raise ValueError("stage 2 starts from a stage-1 checkpoint: pass --stage1 DIR")
         models, _ = load_models(cfg.stage1, dtype=torch.float32)
         # the preset's temporal layers (AnimateDiff files don't store the number of heads: the preset gives it)
-        motion = PRESETS.get(cfg.model, config.moore)().unet.motion or config.animatediff("v2")
+        motion = config.ARCHITECTURES.get(cfg.model, config.sd15)().unet.motion or config.animatediff("v2")
         if cfg.motion:
             insert_motion_modules(models.unet, cfg.motion, num_heads=motion.num_heads)
         elif models.unet.cfg.motion is None:  # new temporal layers, zero-initialised (identity at the start)
@@ -106,7 +101,7 @@ def set_trainable(models: Models, stage: int, reference: bool = True,
 
 def single_token_query_parameters(unet: UNet) -> list[nn.Parameter]:
     """The cross-attention parameters that can't change the output when the context is one token (the CLIP image
-    embedding, SPEC 2): softmax over a single key is 1, so attn2 returns to_out(to_v(context)) whatever its queries
+    embedding): softmax over a single key is 1, so attn2 returns to_out(to_v(context)) whatever its queries
     and keys. norm2, attn2.to_q and attn2.to_k get only rounding noise as gradient, which AdamW would turn into
     lr-sized random steps; training leaves them as loaded (the released weights train them, to no effect)."""
     params = []

@@ -1,4 +1,4 @@
-"""AnimateDiff motion modules from any public file, with the version read off the keys (SPEC 2, 3).
+"""AnimateDiff motion modules from any public file, with the version read off the keys.
 
 Formats: AnimateDiff's own files (`mm_sd_v15.ckpt` v1, `mm_sd_v15_v2.ckpt` v2, `v3_sd15_mm.ckpt` v3, their
 `.safetensors` twins, Moore-AnimateAnyone's `motion_module.pth`), whose names are already ours, and a diffusers
@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..config import MotionConfig, UNetConfig
-from ..temporal import sinusoid_table
-from ..unet import UNet
-from .detect import describe
-from .files import WEIGHTS_README, StateDict, WeightsError, read_state_dict
-from .native import CONFIG, read_config
-from .sd import as_dtype
-from .strict import check_keys, rebuild_buffers
+from aa.models.config import MotionConfig, UNetConfig
+from aa.models.temporal import sinusoid_table
+from aa.models.unet import UNet
+from aa.weights.detect import describe
+from aa.weights.files import WEIGHTS_README, StateDict, WeightsError, read_state_dict
+from aa.weights.native import CONFIG, read_config
+from aa.weights.sd import as_dtype
+from aa.weights.strict import check_keys, rebuild_buffers
 
 # diffusers MotionAdapter -> AnimateDiff names, in order (formats/map_animatediff_to_diffusers_motion_adapter.tsv)
 DIFFUSERS_RULES: list[tuple[str, str | Callable[[re.Match], str]]] = [
@@ -57,7 +57,7 @@ def rename_diffusers(key: str) -> str:
 
 
 def check_sinusoid(pe: Tensor, key: str, source: str) -> int:
-    """A stored positional table (1, L, C) must be the fixed sinusoid of SPEC 3; returns L."""
+    """A stored positional table (1, L, C) must be the fixed sinusoid `sinusoid_table` computes; returns L."""
     if pe.ndim != 3 or pe.shape[0] != 1:
         raise WeightsError(f"{source}: {key} has shape {tuple(pe.shape)}; a positional table is (1, length, channels)")
     table = sinusoid_table(pe.shape[1], pe.shape[2])
@@ -187,7 +187,7 @@ def load_motion_modules(path: str | os.PathLike, cfg: UNetConfig | None = None, 
 def insert_motion_modules(unet: UNet, path: str | os.PathLike, num_heads: int | None = None) -> MotionConfig:
     """Load motion modules into `unet`, replacing any it has: training stage 2's init (paper 3.3) or inference
     with a stage-1 UNet. They are built on the meta device and the file's tensors assigned (cast to the UNet's
-    dtype and device), so no random init is paid for. v1 also switches the ResNet norms to pooled (SPEC 2)."""
+    dtype and device), so no random init is paid for. v1 also pools the ResNet norms over frames, as it was trained."""
     state, motion = load_motion_modules(path, unet.cfg, num_heads=num_heads)
     like = unet.conv_in.weight
     with torch.device("meta"):

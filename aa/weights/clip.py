@@ -4,7 +4,7 @@
     image_encoder/model.safetensors    392 tensors (formats/clip_vit_l14_image_encoder_hf.txt)
     image_encoder/pytorch_model.bin    the same as a pickle; older saves add `vision_model.embeddings.position_ids`
 
-Names are ours already (`aa/clip.py` follows transformers): the file loads strictly with no renaming.
+Names are ours already (`aa/models/clip.py` follows transformers): the file loads strictly with no renaming.
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from ..clip import CLIPImageEncoder
-from ..config import CLIPVisionConfig
-from .detect import describe
-from .files import WEIGHTS_README, StateDict, WeightsError, read_state_dict
-from .strict import build_and_load
+from aa.models.clip import CLIPImageEncoder
+from aa.models.config import CLIPVisionConfig
+from aa.weights.detect import describe
+from aa.weights.files import WEIGHTS_README, StateDict, WeightsError, read_state_dict
+from aa.weights.strict import build_and_load
 
 FORMAT = "CLIP ViT image encoder (transformers CLIPVisionModelWithProjection)"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.fp16.safetensors", "pytorch_model.fp16.bin")

@@ -1,7 +1,7 @@
 """The Pose Guider's initialisation from ControlNet's condition encoder (lllyasviel/control_v11p_sd15_openpose).
 
 ControlNet's `controlnet_cond_embedding` (diffusers) / `input_hint_block` (original .pth) is the released Pose
-Guider's exact structure: conv_in 3->16, six convs 16/32/96/256, conv_out to 320 (SPEC 2).
+Guider's exact structure: conv_in 3->16, six convs 16/32/96/256, conv_out to 320.
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import re
 
 import torch
 
-from .files import StateDict, WeightsError, read_state_dict
-from .sd import resolve
+from aa.weights.files import StateDict, WeightsError, read_state_dict
+from aa.weights.sd import resolve
 
 # (pattern, replacement): each ControlNet naming onto ours
 RULES = [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from .files import WeightsError, file_kind, read_state_dict
+from aa.weights.files import WeightsError, file_kind, read_state_dict
 
 
 def _prefixed(prefix: str) -> Callable[[set[str]], bool]:

@@ -1,4 +1,4 @@
-"""Moore-AnimateAnyone weight folders (and the novita-ai and MusePose retrains of the same code), SPEC 2.
+"""Moore-AnimateAnyone weight folders (and the novita-ai and MusePose retrains of the same code).
 
     denoising_unet.pth   SD 1.5 UNet, diffusers names (686 tensors), no motion modules
     reference_unet.pth   the same without conv_norm_out/conv_out (682): the ReferenceNet
@@ -17,15 +17,15 @@ from pathlib import Path
 
 import torch
 
-from ..config import MotionConfig, PoseGuiderConfig, UNetConfig
-from ..pose_guider import PoseGuider
-from ..reference import ReferenceNet
-from ..unet import UNet
-from .animate import motion_modules_from_state, read_motion_file
-from .detect import describe
-from .files import WEIGHTS_README, StateDict, WeightsError, read_state_dict
-from .sd import as_dtype
-from .strict import build_and_load, check_keys
+from aa.models.config import MotionConfig, PoseGuiderConfig, UNetConfig
+from aa.models.pose_guider import PoseGuider
+from aa.models.reference import ReferenceNet
+from aa.models.unet import UNet
+from aa.weights.animate import motion_modules_from_state, read_motion_file
+from aa.weights.detect import describe
+from aa.weights.files import WEIGHTS_README, StateDict, WeightsError, read_state_dict
+from aa.weights.sd import as_dtype
+from aa.weights.strict import build_and_load, check_keys
 
 FILES = ("denoising_unet.pth", "reference_unet.pth", "pose_guider.pth", "motion_module.pth")
 

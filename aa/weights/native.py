@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig, from_dict, to_dict
-from ..models import BUILDERS, NAMES, Models
-from ..temporal import PositionalEncoding
-from .files import WEIGHTS_README, WeightsError, read_state_dict, save_state_dict
-from .strict import build_and_load
+from aa.models.bundle import BUILDERS, NAMES, Models
+from aa.models.config import ModelConfig, from_dict, to_dict
+from aa.models.temporal import PositionalEncoding
+from aa.weights.files import WEIGHTS_README, WeightsError, read_state_dict, save_state_dict
+from aa.weights.strict import build_and_load
 
 CONFIG = "config.json"
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from ..config import UNetConfig, VAEConfig
-from .files import StateDict, WeightsError
+from aa.models.config import UNetConfig, VAEConfig
+from aa.weights.files import StateDict, WeightsError
 
 Config = UNetConfig | VAEConfig
 Replacement = str | Callable[[re.Match[str], Config], str]

@@ -15,16 +15,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import UNetConfig, VAEConfig, build, sd15_unet
-from ..unet import UNet
-from ..vae import AutoencoderKL
-from .detect import describe, kinds, read_keys
-from .files import StateDict, WeightsError, read_state_dict, save_state_dict
-from .rules import UNET_RULES, VAE_RULES, Rules, convert
-from .strict import build_and_load
+from aa.models.config import UNetConfig, VAEConfig, build, sd15_unet
+from aa.models.unet import UNet
+from aa.models.vae import AutoencoderKL
+from aa.weights.detect import describe, kinds, read_keys
+from aa.weights.files import StateDict, WeightsError, read_state_dict, save_state_dict
+from aa.weights.rules import UNET_RULES, VAE_RULES, Rules, convert
+from aa.weights.strict import build_and_load
 
 # Everything an SD single file holds besides the model being loaded, dropped by name; any other key must match.
-DDPM_BUFFERS = (  # the training schedule, recomputed by aa.ddim
+DDPM_BUFFERS = (  # the training schedule, recomputed by aa.sampling.ddim
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
     "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
     "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2")

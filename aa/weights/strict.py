@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from .files import StateDict, WeightsError
+from aa.weights.files import StateDict, WeightsError
 
 
 def group_keys(keys: Iterable[str], limit: int = 6, depth: int = 3) -> str:

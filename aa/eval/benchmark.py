@@ -1,0 +1,242 @@
+"""Scoring methods against ground truth on the synthetic test splits (tools/eval.py is its command line): the
+clips and their inputs, the copy-reference baseline, a native checkpoint as a method, per-clip metrics, the summary
+table and the contact sheets. Metric definitions: aa/eval/metrics.py."""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from aa.eval import metrics
+from aa.io.video import read_video
+from aa.models.bundle import Models, module_dtype
+from aa.models.config import VAEConfig
+from aa.models.vae import DECODER_PREFIXES, AutoencoderKL
+from aa.poses.keypoints import load_json
+from aa.poses.render import render_pose
+from aa.sampling.load import sampling_fields
+from aa.sampling.pipeline import Settings, animate, with_overrides
+from aa.training.data import DataConfig
+from aa.weights.native import load_models
+from aa.weights.sd import load_vae, vae_config_beside
+
+SPLITS = ("test_chars", "test_motions")
+
+
+COPY_REFERENCE = "copy-reference"
+
+
+NOT_SAMPLING = {"width", "height"}  # recorded with a checkpoint, but not sampling settings
+
+
+REGION_METRICS = {"char_psnr": metrics.region_psnr, "char_ssim": metrics.region_ssim}
+
+
+COLUMNS = {"psnr": "PSNR ↑", "ssim": "SSIM ↑", "char_psnr": "char PSNR ↑", "char_ssim": "char SSIM ↑",
+           "l1": "L1 ↓", "temporal": "temporal ↓", "flicker": "flicker →0"}
+
+
+LEGEND = ("Values in [0, 1] except PSNR (dB, peak 1). char: inside the character's box in each frame, grown by a "
+          "margin (NaN for a dataset without boxes). temporal: mean |generated frame-to-frame change - true "
+          "change|; flicker: mean generated change - mean true change (negative: too static). Overall: mean over "
+          "clips. Definitions: aa/eval/metrics.py.")
+
+
+# A method: (reference uint8 (h, w, 3) at the frame size, poses uint8 (f, h, w, 3), seed) -> frames (f, h, w, 3).
+Method = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One test clip and everything every method receives for it."""
+
+    split: str
+    index: int  # position in its split's manifest
+    video: str  # path relative to the dataset folder
+    character: int
+    motion: str
+    reference: np.ndarray  # uint8 (h, w, 3), resized to the frame size if it differs
+    poses: np.ndarray  # uint8 (f, h, w, 3)
+    truth: np.ndarray  # uint8 (f, h, w, 3)
+    boxes: np.ndarray | None = None  # (f, 4) the character's x0, y0, x1, y1 in each frame (None: not in the data)
+
+
+def read_split(data: Path, split: str, max_clips: int | None = None, frames: int | None = None) -> list[Clip]:
+    """The clips of `split` (its manifest `<split>.json`), truncated to `max_clips` clips of at most `frames`."""
+    manifest = data / f"{split}.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: no such manifest; --data must be a folder written by aa.synthetic")
+    items = json.loads(manifest.read_text())[:max_clips]
+    render = DataConfig()
+    clips = []
+    for i, item in enumerate(items):
+        truth = read_video(data / item["video"])[:frames]
+        f, h, w = truth.shape[:3]
+        poses = np.stack([render_pose(p, w, h, hands=render.hands, face=render.face)
+                          for p in load_json(data / item["keypoints"])[:f]])
+        if len(poses) != f:
+            raise ValueError(f"{data / item['keypoints']}: {len(poses)} poses for {f} frames of {item['video']}")
+        reference = Image.open(data / item["reference"]).convert("RGB")
+        if reference.size != (w, h):
+            reference = reference.resize((w, h), Image.Resampling.LANCZOS)
+        boxes = None
+        if "boxes" in item:
+            boxes = np.asarray(json.loads((data / item["boxes"]).read_text()), dtype=np.int64)[:f]
+            if boxes.shape != (f, 4):
+                raise ValueError(f"{data / item['boxes']}: boxes of shape {boxes.shape} for {f} frames")
+        clips.append(Clip(split, i, item["video"], item["character"], item["motion"], np.asarray(reference),
+                          poses, truth, boxes))
+    return clips
+
+
+def copy_reference(reference: np.ndarray, poses: np.ndarray, seed: int) -> np.ndarray:
+    """The trivial baseline: the reference image in every frame (ignores the poses and the seed)."""
+    return np.repeat(reference[None], len(poses), axis=0)
+
+
+def model_settings(recorded: dict, steps: int | None, guidance: float | None, window: int | None,
+                   folder: Path) -> Settings:
+    """Settings from a checkpoint's recorded sampling (prediction, schedule, reference, ...) and the flags.
+
+    A recorded key that `Settings` does not know is an error, so an ablation switch (e.g. `reference: false`) is
+    never silently dropped."""
+    unknown = set(recorded) - {f.name for f in fields(Settings)} - NOT_SAMPLING
+    if unknown:
+        raise ValueError(f"{folder}: recorded sampling settings {sorted(unknown)} are not known to "
+                         f"aa.sampling.pipeline.Settings; this pipeline cannot honour them")
+    return with_overrides(Settings(**sampling_fields(recorded)), steps=steps, guidance=guidance, window=window)
+
+
+def load_decoder(path: Path, device: str) -> AutoencoderKL:
+    """A VAE written by tools/train_vae.py (vae.safetensors with its vae_config.json beside it), fp32."""
+    cfg_file = path.parent / "vae_config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{cfg_file}: not found; --vae takes a vae.safetensors written by tools/train_vae.py")
+    return load_vae(path, vae_config_beside(path, VAEConfig()), dtype=torch.float32, device=device)
+
+
+def with_decoder(models: Models, vae: AutoencoderKL, folder: Path) -> Models:
+    """`models` decoding with `vae`, whose encoder and quant_conv must equal the models' own (the same latent
+    space, so only the decoder differs); ValueError otherwise."""
+    own, new = models.vae.state_dict(), vae.state_dict()
+    for key in own:
+        if not key.startswith(DECODER_PREFIXES) and not torch.equal(own[key].float(), new[key].float()):
+            raise ValueError(f"--vae has another encoder than {folder} ({key} differs): another latent space")
+    cfg = replace(models.cfg, vae=vae.cfg) if models.cfg is not None else None
+    return replace(models, vae=vae.to(module_dtype(models.vae)), cfg=cfg)
+
+
+def model_method(folder: Path, steps: int | None, guidance: float | None, window: int | None,
+                 device: str, vae: AutoencoderKL | None = None) -> tuple[Method, dict]:
+    """A native checkpoint as a method, and the settings it samples with (JSON-ready, with what it recorded);
+    `vae` replaces its VAE for decoding (see with_decoder)."""
+    # fp32 on the CPU whatever the file holds (the bundled demo is fp16, which CPU convolutions don't take)
+    models, recorded = load_models(folder, dtype=torch.float32 if torch.device(device).type == "cpu" else None,
+                                   device=device)
+    if vae is not None:
+        models = with_decoder(models, vae, folder)
+    base = model_settings(recorded, steps, guidance, window, folder)
+
+    def run(reference: np.ndarray, poses: np.ndarray, seed: int) -> np.ndarray:
+        settings = base if window else with_overrides(base, window=len(poses))  # one window per clip by default
+        settings = with_overrides(settings, overlap=min(settings.overlap, settings.window - 1))
+        return animate(models, reference, poses, settings, seed=seed, progress=False)
+
+    described = {k: str(v) if isinstance(v, torch.dtype) else v for k, v in asdict(base).items()}
+    if not window:
+        described.update(window="clip length", overlap=f"min({base.overlap}, clip length - 1)")
+    return run, {**described, "recorded": recorded}
+
+
+def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per-metric mean over clips (NaN for none, or where a clip lacks the metric)."""
+    return {k: float(np.mean([r.get(k, math.nan) for r in rows])) if rows else math.nan
+            for k in [*metrics.METRICS, *REGION_METRICS]}
+
+
+def evaluate(methods: dict[str, Method], clips: list[Clip], seed: int, keep: int = 0, progress: bool = True,
+             region_margin: int = 4) -> tuple[list[dict], dict[str, dict[tuple[str, int], np.ndarray]]]:
+    """Run every method on every clip: per-clip records, and each method's frames of the first `keep` clips of
+    every split (for the contact sheets), by (split, index). Region metrics grow the boxes by `region_margin`."""
+    records, outputs = [], {name: {} for name in methods}
+    for clip in tqdm(clips, desc="clips", unit="clip", disable=not progress):
+        scores = {}
+        for name, method in methods.items():
+            frames = method(clip.reference, clip.poses, seed + clip.index)
+            assert frames.shape == clip.truth.shape, f"{name}: got {frames.shape}, expected {clip.truth.shape}"
+            scores[name] = metrics.all_metrics(frames, clip.truth)
+            if clip.boxes is not None:
+                scores[name].update({k: fn(frames, clip.truth, clip.boxes, region_margin)
+                                     for k, fn in REGION_METRICS.items()})
+            if clip.index < keep:
+                outputs[name][clip.split, clip.index] = frames
+        records.append({"split": clip.split, "video": clip.video, "character": clip.character,
+                        "motion": clip.motion, "frames": len(clip.truth), "metrics": scores})
+    return records, outputs
+
+
+def summarise(records: list[dict], methods: list[str], splits: list[str]) -> dict:
+    """{method: {split or 'overall': {'clips': n, metric: mean}}}; overall weighs every clip equally."""
+    out = {}
+    for m in methods:
+        out[m] = {}
+        for split in [*splits, "overall"]:
+            rows = [r["metrics"][m] for r in records if split in ("overall", r["split"])]
+            out[m][split] = {"clips": len(rows), **mean_metrics(rows)}
+    return out
+
+
+def markdown_table(summary: dict) -> str:
+    """The summary as a markdown table, one row per (method, split)."""
+    lines = ["| method | split | clips | " + " | ".join(COLUMNS.values()) + " |",
+             "|---|---|---:|" + "---:|" * len(COLUMNS)]
+    for method, splits in summary.items():
+        for split, row in splits.items():
+            cells = [_fmt(k, row[k]) for k in COLUMNS]
+            lines.append(f"| {method} | {split} | {row['clips']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(metric: str, value: float) -> str:
+    """PSNRs to 0.01 dB, the others to 4 decimals."""
+    if math.isinf(value) or math.isnan(value):
+        return str(value)
+    return f"{value:.2f}" if metric.endswith("psnr") else f"{value:.4f}"
+
+
+def contact_sheet(clips: list[Clip], outputs: dict[str, list[np.ndarray]], columns: int = 4,
+                  label_width: int = 96, min_cell: int = 96) -> Image.Image:
+    """Per clip, rows poses | ground truth (first cell: the reference) | one row per method, at `columns` evenly
+    spaced frames; small frames are enlarged (nearest neighbour) to at least `min_cell` pixels."""
+    h, w = clips[0].truth.shape[1:3]
+    scale = max(1, math.ceil(min_cell / max(h, w)))
+    ch, cw, gap = h * scale, w * scale, 4
+    rows_per_clip = 2 + len(outputs)
+    sheet = Image.new("RGB", (label_width + (columns + 1) * cw, len(clips) * (rows_per_clip * ch + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+
+    def cell(image: np.ndarray, row: int, col: int) -> None:
+        sheet.paste(Image.fromarray(image).resize((cw, ch), Image.Resampling.NEAREST), (label_width + col * cw, row))
+
+    y = 0
+    for k, clip in enumerate(clips):
+        idx = np.unique(np.linspace(0, len(clip.truth) - 1, columns).round().astype(int))
+        rows = [("poses", clip.poses, None), ("reference |\ntruth", clip.truth, clip.reference),
+                *[(name, frames[k], None) for name, frames in outputs.items()]]
+        for label, frames, first in rows:
+            text = f"{clip.split}/{clip.index}\n{label}" if label == "poses" else label
+            draw.text((4, y + 4), text, fill="black")
+            if first is not None:
+                cell(first, y, 0)
+            for j, i in enumerate(idx):
+                cell(frames[i], y, j + 1)
+            y += ch
+        y += gap
+    return sheet
