@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     """Train; a bad input or failed write ends in one `error:` line (exit 2); SIGTERM or Ctrl-C saves a checkpoint
     of the current step and exits with one line (code 128 + the signal's number)."""
     cfg, args = parse_args(argv)
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # e.g. "WARNING aa.training.data: skipping x.mp4: ..."
+    # e.g. "WARNING aa.training.data: skipping x.mp4: ..."
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     try:
         check_args(cfg, args)
         with StopSignals() as stop:

@@ -1,5 +1,5 @@
-"""Training data (aa/training/data.py): manifests in both layouts, frame choice, one crop for everything, CLIP input as at
-inference, and unreadable videos skipped. Small synthetic videos from aa/synthetic, 32x32 samples."""
+"""Training data (aa/training/data.py): manifests in both layouts, frame choice, one crop for everything, CLIP input
+as at inference, and unreadable videos skipped. Small synthetic videos from aa/synthetic, 32x32 samples."""
 from __future__ import annotations
 
 import json

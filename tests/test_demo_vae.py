@@ -91,5 +91,6 @@ def test_pack_decoder_of_another_width_records_it_in_the_config(tmp_path: Path):
     before = (tmp_path / "config.json").read_bytes(), (tmp_path / "vae.safetensors").read_bytes()
     (tmp_path / "run" / "vae_config.json").write_text(json.dumps(asdict(replace(cfg.vae, decoder_layers_per_block=1))))
     with pytest.raises(ValueError, match="don't fit"):
-        pack_decoder(tmp_path / "run" / "vae.safetensors", tmp_path / "vae.safetensors", config=tmp_path / "config.json")
+        pack_decoder(tmp_path / "run" / "vae.safetensors", tmp_path / "vae.safetensors",
+                     config=tmp_path / "config.json")
     assert ((tmp_path / "config.json").read_bytes(), (tmp_path / "vae.safetensors").read_bytes()) == before

@@ -85,20 +85,27 @@ def test_openpose_body25_maps_to_our_18_points(tmp_path):
 
 
 def test_openpose_folder_samples_with_and_without_a_size(files, tmp_path, monkeypatch):
-    """sample.py --pose <OpenPose folder> works with --width/--height (the canvas) and without them (the canvas is
-    the reference image's size: 40x24 here)."""
-    write_openpose_folder(tmp_path / "op", 3)
-    code = sample.main(run_sample(files, tmp_path, "--width", "32", "--height", "32", pose=tmp_path / "op"))
+    """sample.py --pose <OpenPose folder> works with --pose-size (the canvas: 40x24 here) and without it (OpenPose
+    records no canvas: the box around all frames' keypoints, with a margin, becomes the canvas)."""
+    points = write_openpose_folder(tmp_path / "op", 3)
+    code = sample.main(run_sample(files, tmp_path, "--pose-size", "40x24", pose=tmp_path / "op"))
     assert code == 0 and (tmp_path / "out.mp4").exists()
-    canvases = []
+    seen = []
 
-    def load_poses(args, path, reference, width, height, keypoints, fps):
-        canvases.extend((p.width, p.height) for p in keypoints)
+    def load_poses(args, path, width, height, keypoints, fps, ref_pose):
+        seen.extend(keypoints)
         raise ValueError("seen")  # no need to sample again
 
     monkeypatch.setattr(sample, "load_poses", load_poses)
+    assert sample.main(run_sample(files, tmp_path, "--pose-size", "40x24", pose=tmp_path / "op")) == 2
+    assert {(p.width, p.height) for p in seen} == {(40, 24)}
+    seen.clear()
     assert sample.main(run_sample(files, tmp_path, pose=tmp_path / "op")) == 2
-    assert set(canvases) == {(40, 24)}
+    span = points[..., :2].max((0, 1)) - points[..., :2].min((0, 1))
+    margin = 0.1 * span.max()
+    assert {(p.width, p.height) for p in seen} == {tuple(int(np.ceil(v)) for v in span + 2 * margin)}
+    body = np.concatenate([p.body for p in seen])
+    assert body[:, :2].min(0) == pytest.approx([margin, margin], abs=0.01)  # float32 keypoints
 
 
 BAD_POSE_JSON = {
@@ -160,7 +167,8 @@ def test_bad_flags_fail_before_loading(files, tmp_path, capsys, monkeypatch, fla
     if flags.startswith("--device cuda") and torch.cuda.device_count() > (7 if ":" in flags else 0):
         pytest.skip("this machine has that CUDA device")
     (tmp_path / "dir.mp4").mkdir()
-    monkeypatch.setattr(sample, "load_for_sampling", lambda **kw: pytest.fail("weights loaded"))
+    from aa.sampling import load as loading  # sample.py imports its loader when it loads
+    monkeypatch.setattr(loading, "load_for_sampling", lambda **kw: pytest.fail("weights loaded"))
     extra = flags.replace("OUT", str(tmp_path)).split()
     assert_one_error(capsys, sample.main(run_sample(files, tmp_path, *extra)), match=PRE_LOAD[flags])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.mp4"]

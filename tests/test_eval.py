@@ -166,3 +166,38 @@ def test_vae_flag_swaps_only_the_decoder(bench: dict[str, Path], tmp_path: Path)
     assert np.abs(frames(tmp_path / "wide").astype(int) - base).mean() > 1
     with pytest.raises(ValueError, match="another latent space"):
         frames(tmp_path / "other")
+
+
+def test_hue_probe_rewards_copying_the_reference_colours(bench: dict[str, Path]) -> None:
+    """The hue probe scores each clip again with reference and truth hue-rotated alike ('<split>@90'): a method
+    that repaints the colours it memorised (the unrotated truth) has part ΔE 0 at 0 degrees and a large one at 90;
+    a method that follows the reference's colours (the truth turned as the reference was) has 0 at both."""
+    clips = {c.index: c for c in benchmark.read_split(bench["data"], "test_chars")}
+    original = clips[0]
+    assert original.parts is not None and original.parts.shape == original.truth.shape[:3]
+
+    def memoriser(reference, poses, seed):
+        return original.truth
+
+    def copier(reference, poses, seed):
+        turned = [a for a in (0, 90) if np.array_equal(benchmark.hue_rotate(original.reference, a), reference)]
+        return benchmark.hue_rotate(original.truth, turned[0])
+
+    probe = [original, *benchmark.hue_probe([original], [0, 90])]
+    assert [c.split for c in probe] == ["test_chars", "test_chars@90"]
+    records, _ = benchmark.evaluate({"memoriser": memoriser, "copier": copier}, probe, seed=0, progress=False)
+    summary = benchmark.summarise(records, ["memoriser", "copier"], ["test_chars", "test_chars@90"])
+    assert summary["memoriser"]["test_chars"]["part_de"] == 0 and summary["copier"]["test_chars"]["part_de"] == 0
+    assert summary["copier"]["test_chars@90"]["part_de"] == 0
+    assert summary["memoriser"]["test_chars@90"]["part_de"] > 10
+
+
+def test_eval_command_reports_the_hue_probe_and_part_colours(bench: dict[str, Path]) -> None:
+    """`--hue-probe 90` adds a '<split>@90' row per split with the per-part colour errors, and a sheet for it."""
+    out = bench["root"] / "probe"
+    results = evaluation.main(["--data", str(bench["data"]), "--out", str(out), "--quiet", "--hue-probe", "90",
+                               "--method", "copy=copy-reference"])
+    rows = results["summary"]["copy"]
+    assert set(rows) == {*benchmark.SPLITS, *[f"{s}@90" for s in benchmark.SPLITS], "overall"}
+    assert all(math.isfinite(rows[s]["part_de"]) and rows[s]["part_de"] > 0 for s in rows)
+    assert (out / "sheet_test_chars@90.png").is_file() and "part ΔE" in (out / "results.md").read_text()

@@ -1,4 +1,5 @@
-"""`pipeline.moore_settings()` reproduces the RELEASED Moore-AnimateAnyone inference (`Pose2VideoPipeline`, commit a914ef3).
+"""`pipeline.moore_settings()` reproduces the RELEASED Moore-AnimateAnyone inference (`Pose2VideoPipeline`, commit
+a914ef3).
 
 tools/make_golden_moore.py drew a tiny random model (tests/data/golden_moore/config.json), saved it in the release
 layout (denoising_unet.pth, reference_unet.pth, motion_module.pth, pose_guider.pth; fp16 values), a diffusers VAE

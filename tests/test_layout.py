@@ -7,7 +7,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Lower layers know nothing of higher ones: a module may import its own layer and the ones below.
-LAYERS = {"io": 0, "models": 1, "poses": 1, "weights": 2, "synthetic": 2, "sampling": 3, "training": 4, "eval": 5}
+LAYERS = {"app": 6, "io": 0, "models": 1, "poses": 1, "weights": 2, "synthetic": 2, "sampling": 3, "training": 4,
+          "eval": 5}
 # The metrics are pure functions of two videos (torch only): training's validation uses them too.
 MODULE_LAYERS = {"aa.eval.metrics": 1}
 

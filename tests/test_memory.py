@@ -1,5 +1,5 @@
-"""Memory estimates (aa/eval/memory.py, tools/estimate_train_memory.py): the tracker's bookkeeping, the meta device made to
-allocate like a real one, and a whole training step estimated on meta against the CPU allocator's real peak."""
+"""Memory estimates (aa/eval/memory.py, tools/estimate_train_memory.py): the tracker's bookkeeping, the meta device made
+to allocate like a real one, and a whole training step estimated on meta against the CPU allocator's real peak."""
 from __future__ import annotations
 
 from contextlib import nullcontext

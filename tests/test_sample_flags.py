@@ -18,6 +18,8 @@ from aa.models.bundle import Models
 from aa.poses.keypoints import Pose, load_json, save_json
 from aa.poses.render import render_pose
 from aa.poses.retarget import retarget
+from aa.sampling import load as loading
+from aa.sampling import pipeline
 from aa.weights.native import export_moore, save_models
 from aa.weights.sd import save_native
 
@@ -73,7 +75,7 @@ def pipeline_call(monkeypatch):
         got.update(models=models, reference=reference, poses=np.asarray(poses), settings=settings, **kwargs)
         return iter([np.zeros((len(poses), kwargs["height"], kwargs["width"], 3), np.uint8)])
 
-    monkeypatch.setattr(sample.pipeline, "animate_iter", fake)
+    monkeypatch.setattr(pipeline, "animate_iter", fake)  # sample.py imports it when it samples
     return got
 
 
@@ -117,7 +119,7 @@ def test_dtype_sets_the_weights_and_autocast_precision_on_cuda(files, tmp_path, 
         loaded.update(kwargs)
         return tiny(0), {}, (S, S)
 
-    monkeypatch.setattr(sample, "load_for_sampling", load)
+    monkeypatch.setattr(loading, "load_for_sampling", load)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     extra = [] if flag is None else ["--dtype", flag]

@@ -13,7 +13,7 @@ import pytest
 
 import train as train_script
 from aa.models import config as model_config
-from aa.sampling import ddim
+from aa.sampling import choices
 from aa.training import config
 from aa.training.config import TrainConfig, flag_name
 
@@ -57,10 +57,10 @@ def test_every_field_is_a_flag_with_help_and_its_default_once():
 
 
 def test_choices_are_the_module_constants(monkeypatch):
-    """A value added where it is defined (ddim.PREDICTIONS, ddim.SNR_WEIGHTINGS, the architectures, the autocast
+    """A value added where it is defined (choices.PREDICTIONS, choices.SNR_WEIGHTINGS, the architectures, the autocast
     and storage dtypes) becomes a choice of the flag and passes TrainConfig.check; a value that isn't fails it."""
-    monkeypatch.setattr(ddim, "PREDICTIONS", (*ddim.PREDICTIONS, "x0"))
-    monkeypatch.setattr(ddim, "SNR_WEIGHTINGS", (*ddim.SNR_WEIGHTINGS, "flat"))
+    monkeypatch.setattr(choices, "PREDICTIONS", (*choices.PREDICTIONS, "x0"))
+    monkeypatch.setattr(choices, "SNR_WEIGHTINGS", (*choices.SNR_WEIGHTINGS, "flat"))
     monkeypatch.setitem(model_config.ARCHITECTURES, "huge", model_config.tiny)
     monkeypatch.setitem(config.AMP, "fp8", None)
     monkeypatch.setitem(config.DTYPES, "fp8", None)

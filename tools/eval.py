@@ -34,12 +34,14 @@ from aa.eval.benchmark import (  # noqa: E402
     contact_sheet,
     copy_reference,
     evaluate,
+    hue_probe,
     load_decoder,
     markdown_table,
     model_method,
     read_split,
     summarise,
 )
+from aa.sampling.choices import SCHEDULER_HELP, SCHEDULERS
 
 
 def parse_method(text: str) -> tuple[str, str]:
@@ -58,7 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--splits", nargs="+", default=list(SPLITS), help="manifests to score (default: both test splits)")
     p.add_argument("--method", type=parse_method, action="append", required=True, metavar="NAME=FOLDER",
                    help=f"a method to score (repeatable): FOLDER is a native checkpoint folder or {COPY_REFERENCE}")
-    p.add_argument("--steps", type=int, help="DDIM steps for every model (default: pipeline.Settings')")
+    p.add_argument("--steps", type=int, help="denoising steps for every model (default: pipeline.Settings')")
+    p.add_argument("--scheduler", choices=SCHEDULERS,
+                   help="the sampler of every model (default: ddim): " + "; ".join(f"{k}: {v}" for k, v in
+                                                                                   SCHEDULER_HELP.items()))
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: pipeline.Settings')")
     p.add_argument("--vae", type=Path, help="decode every model with this VAE (tools/train_vae.py --decoder-only "
                                              "output; its encoder must be the models')")
@@ -66,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="base seed; clip i of a split uses seed + i for every method")
     p.add_argument("--frames", type=int, help="score only the first N frames of each clip")
     p.add_argument("--max-clips", type=int, help="score only the first N clips of each split")
+    p.add_argument("--hue-probe", type=float, nargs="+", default=[], metavar="DEGREES",
+                   help="also score every clip with its reference and ground truth hue-rotated by each angle (e.g. "
+                        "90 180 270), as splits '<split>@<angle>': does the output follow the reference's colours?")
     p.add_argument("--region-margin", type=int, default=4,
                    help="pixels added around the character's box for the char PSNR/SSIM (default: 4)")
     p.add_argument("--sheet-clips", type=int, default=3, help="clips shown on each split's contact sheet")
@@ -96,12 +104,14 @@ def main(argv: list[str] | None = None) -> dict:
             methods[name], described[name] = copy_reference, {"spec": spec}
         else:
             methods[name], settings = model_method(Path(spec), args.steps, args.guidance, args.window, args.device,
-                                                   vae)
+                                                   vae, args.scheduler)
             described[name] = {"spec": spec, "settings": settings}
     clips = [c for split in args.splits for c in read_split(args.data, split, args.max_clips, args.frames)]
+    clips += hue_probe(clips, args.hue_probe)
+    splits = [*args.splits, *[f"{s}@{a:g}" for a in args.hue_probe if a % 360 for s in args.splits]]
     records, outputs = evaluate(methods, clips, args.seed, args.sheet_clips, progress=not args.quiet,
                                 region_margin=args.region_margin)
-    summary = summarise(records, list(methods), args.splits)
+    summary = summarise(records, list(methods), splits)
 
     args.out.mkdir(parents=True, exist_ok=True)
     run = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "method"}
@@ -109,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     table = markdown_table(summary)
     (args.out / "results.md").write_text(f"# Evaluation on {args.data}\n\n{table}\n{LEGEND}\n")
-    for split in args.splits:
+    for split in splits:
         shown = [c for c in clips if c.split == split and c.index < args.sheet_clips]
         if shown:
             frames = {m: [o[c.split, c.index] for c in shown] for m, o in outputs.items()}

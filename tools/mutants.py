@@ -192,6 +192,12 @@ MUTATIONS = [
              "            t = t", VAE),
     Mutation("widen-input-shares-unsplit", "aa/training/vae.py", "(share / share.sum(2, keepdim=True))",
              "(share / share.sum(2, keepdim=True) * 0 + 1 / factor)", VAE),
+    # the multistep solver (aa/sampling/solvers.py): DPM-Solver++(2M) without its second-order term is DDIM
+    Mutation("dpm-2m-first-order", "aa/sampling/solvers.py",
+             "        d = x0 + w * (x0 - x0_prev)\n    return ratio * x + c * d, History((x0,), (ab_s,))",
+             "        d = x0\n    return ratio * x + c * d, History((x0,), (ab_s,))", ("tests/test_solvers.py",)),
+    Mutation("flag-scheduler-ignored", "sample.py", "scheduler=args.scheduler,", "scheduler=None,",
+             ("tests/test_solvers.py",)),
 ]
 
 

@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="synthetic dataset folder(s) (aa/synthetic); the training frames come from all of them, "
                         "validation and --eval-split from the first")
     p.add_argument("--out", type=Path, required=True, help="output folder for vae.safetensors and log.jsonl")
-    p.add_argument("--model", choices=sorted(config.ARCHITECTURES), default="demo", help="architecture preset (its VAE)")
+    p.add_argument("--model", choices=sorted(config.ARCHITECTURES), default="demo",
+                   help="architecture preset (its VAE)")
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=16, help="frames per step")
     p.add_argument("--lr", type=float, default=4e-4, help="AdamW learning rate (cosine decay to 10%%)")

@@ -14,7 +14,8 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from aa.eval import metrics
+from aa.eval import colour, metrics
+from aa.eval.colour import hue_rotate
 from aa.io.video import read_video
 from aa.models.bundle import Models, module_dtype
 from aa.models.config import VAEConfig
@@ -23,6 +24,7 @@ from aa.poses.keypoints import load_json
 from aa.poses.render import render_pose
 from aa.sampling.load import sampling_fields
 from aa.sampling.pipeline import Settings, animate, with_overrides
+from aa.synthetic.dataset import load_parts
 from aa.training.data import DataConfig
 from aa.weights.native import load_models
 from aa.weights.sd import load_vae, vae_config_beside
@@ -39,14 +41,21 @@ NOT_SAMPLING = {"width", "height"}  # recorded with a checkpoint, but not sampli
 REGION_METRICS = {"char_psnr": metrics.region_psnr, "char_ssim": metrics.region_ssim}
 
 
+COLOUR_METRICS = ("part_de", "part_de_px")  # aa/eval/colour.py summary: per-part CIEDE2000, mean colour and pixels
+
+
 COLUMNS = {"psnr": "PSNR ↑", "ssim": "SSIM ↑", "char_psnr": "char PSNR ↑", "char_ssim": "char SSIM ↑",
-           "l1": "L1 ↓", "temporal": "temporal ↓", "flicker": "flicker →0"}
+           "part_de": "part ΔE ↓", "part_de_px": "part ΔE px ↓", "l1": "L1 ↓", "temporal": "temporal ↓",
+           "flicker": "flicker →0"}
 
 
 LEGEND = ("Values in [0, 1] except PSNR (dB, peak 1). char: inside the character's box in each frame, grown by a "
-          "margin (NaN for a dataset without boxes). temporal: mean |generated frame-to-frame change - true "
-          "change|; flicker: mean generated change - mean true change (negative: too static). Overall: mean over "
-          "clips. Definitions: aa/eval/metrics.py.")
+          "margin (NaN for a dataset without boxes). part ΔE: CIEDE2000 between the generated and true mean colour "
+          "of each body part (shirt, sleeves, trousers, skin, hair, hat, shoes: the dataset's label maps), averaged"
+          " over the parts; part ΔE px: the same per pixel (NaN without label maps). split@N: the split with its "
+          "references and ground truth hue-rotated by N degrees (the hue probe). temporal: mean |generated frame-"
+          "to-frame change - true change|; flicker: mean generated change - mean true change (negative: too "
+          "static). Overall: mean over clips. Definitions: aa/eval/metrics.py.")
 
 
 # A method: (reference uint8 (h, w, 3) at the frame size, poses uint8 (f, h, w, 3), seed) -> frames (f, h, w, 3).
@@ -66,6 +75,7 @@ class Clip:
     poses: np.ndarray  # uint8 (f, h, w, 3)
     truth: np.ndarray  # uint8 (f, h, w, 3)
     boxes: np.ndarray | None = None  # (f, 4) the character's x0, y0, x1, y1 in each frame (None: not in the data)
+    parts: np.ndarray | None = None  # (f, h, w) what each true pixel shows (aa.synthetic.canvas.PARTS; None: no data)
 
 
 def read_split(data: Path, split: str, max_clips: int | None = None, frames: int | None = None) -> list[Clip]:
@@ -91,9 +101,22 @@ def read_split(data: Path, split: str, max_clips: int | None = None, frames: int
             boxes = np.asarray(json.loads((data / item["boxes"]).read_text()), dtype=np.int64)[:f]
             if boxes.shape != (f, 4):
                 raise ValueError(f"{data / item['boxes']}: boxes of shape {boxes.shape} for {f} frames")
+        parts = None
+        if "parts" in item:
+            parts = load_parts(data / item["parts"])[:f]
+            if parts.shape != truth.shape[:3]:
+                raise ValueError(f"{data / item['parts']}: labels of shape {parts.shape} for frames {truth.shape[:3]}")
         clips.append(Clip(split, i, item["video"], item["character"], item["motion"], np.asarray(reference),
-                          poses, truth, boxes))
+                          poses, truth, boxes, parts))
     return clips
+
+
+def hue_probe(clips: list[Clip], angles: list[float]) -> list[Clip]:
+    """The clips again with reference and ground truth hue-rotated alike by each nonzero angle (poses, boxes and
+    labels unchanged), in splits named '<split>@<angle>': a method that copies the reference's colours scores about
+    the same at every angle; one that paints colours it memorised does not."""
+    return [replace(c, split=f"{c.split}@{a:g}", reference=hue_rotate(c.reference, a), truth=hue_rotate(c.truth, a))
+            for a in angles if a % 360 for c in clips]
 
 
 def copy_reference(reference: np.ndarray, poses: np.ndarray, seed: int) -> np.ndarray:
@@ -102,7 +125,7 @@ def copy_reference(reference: np.ndarray, poses: np.ndarray, seed: int) -> np.nd
 
 
 def model_settings(recorded: dict, steps: int | None, guidance: float | None, window: int | None,
-                   folder: Path) -> Settings:
+                   folder: Path, scheduler: str | None = None) -> Settings:
     """Settings from a checkpoint's recorded sampling (prediction, schedule, reference, ...) and the flags.
 
     A recorded key that `Settings` does not know is an error, so an ablation switch (e.g. `reference: false`) is
@@ -111,7 +134,8 @@ def model_settings(recorded: dict, steps: int | None, guidance: float | None, wi
     if unknown:
         raise ValueError(f"{folder}: recorded sampling settings {sorted(unknown)} are not known to "
                          f"aa.sampling.pipeline.Settings; this pipeline cannot honour them")
-    return with_overrides(Settings(**sampling_fields(recorded)), steps=steps, guidance=guidance, window=window)
+    return with_overrides(Settings(**sampling_fields(recorded)), steps=steps, guidance=guidance, window=window,
+                          scheduler=scheduler)
 
 
 def load_decoder(path: Path, device: str) -> AutoencoderKL:
@@ -134,7 +158,7 @@ def with_decoder(models: Models, vae: AutoencoderKL, folder: Path) -> Models:
 
 
 def model_method(folder: Path, steps: int | None, guidance: float | None, window: int | None,
-                 device: str, vae: AutoencoderKL | None = None) -> tuple[Method, dict]:
+                 device: str, vae: AutoencoderKL | None = None, scheduler: str | None = None) -> tuple[Method, dict]:
     """A native checkpoint as a method, and the settings it samples with (JSON-ready, with what it recorded);
     `vae` replaces its VAE for decoding (see with_decoder)."""
     # fp32 on the CPU whatever the file holds (the bundled demo is fp16, which CPU convolutions don't take)
@@ -142,7 +166,7 @@ def model_method(folder: Path, steps: int | None, guidance: float | None, window
                                    device=device)
     if vae is not None:
         models = with_decoder(models, vae, folder)
-    base = model_settings(recorded, steps, guidance, window, folder)
+    base = model_settings(recorded, steps, guidance, window, folder, scheduler)
 
     def run(reference: np.ndarray, poses: np.ndarray, seed: int) -> np.ndarray:
         settings = base if window else with_overrides(base, window=len(poses))  # one window per clip by default
@@ -158,7 +182,7 @@ def model_method(folder: Path, steps: int | None, guidance: float | None, window
 def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
     """Per-metric mean over clips (NaN for none, or where a clip lacks the metric)."""
     return {k: float(np.mean([r.get(k, math.nan) for r in rows])) if rows else math.nan
-            for k in [*metrics.METRICS, *REGION_METRICS]}
+            for k in [*metrics.METRICS, *REGION_METRICS, *COLOUR_METRICS]}
 
 
 def evaluate(methods: dict[str, Method], clips: list[Clip], seed: int, keep: int = 0, progress: bool = True,
@@ -175,6 +199,9 @@ def evaluate(methods: dict[str, Method], clips: list[Clip], seed: int, keep: int
             if clip.boxes is not None:
                 scores[name].update({k: fn(frames, clip.truth, clip.boxes, region_margin)
                                      for k, fn in REGION_METRICS.items()})
+            if clip.parts is not None:
+                errors = colour.part_colour_errors(frames, clip.truth, clip.parts)
+                scores[name].update(colour.summary(errors), parts={k: v["mean"] for k, v in errors.items()})
             if clip.index < keep:
                 outputs[name][clip.split, clip.index] = frames
         records.append({"split": clip.split, "video": clip.video, "character": clip.character,
@@ -208,7 +235,7 @@ def _fmt(metric: str, value: float) -> str:
     """PSNRs to 0.01 dB, the others to 4 decimals."""
     if math.isinf(value) or math.isnan(value):
         return str(value)
-    return f"{value:.2f}" if metric.endswith("psnr") else f"{value:.4f}"
+    return f"{value:.2f}" if metric.endswith("psnr") or metric in COLOUR_METRICS else f"{value:.4f}"
 
 
 def contact_sheet(clips: list[Clip], outputs: dict[str, list[np.ndarray]], columns: int = 4,

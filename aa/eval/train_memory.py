@@ -15,7 +15,7 @@ import aa.models.unet
 from aa.eval.memory import Emulate, MemoryTracker, gb, nbytes
 from aa.models.bundle import Models
 from aa.models.config import ARCHITECTURES
-from aa.training.config import AMP, TrainConfig
+from aa.training.config import TrainConfig
 from aa.training.loop import Trainer
 from aa.training.setup import set_trainable
 
@@ -76,7 +76,7 @@ def measure(cfg: TrainConfig, device: str = "meta", emulate: str = "cuda", optim
     per-tensor AdamW, whose temporaries are one tensor at a time), 'single' (the per-tensor AdamW). Returns the
     tracker and the bytes of the trained parameters (DDP's gradient buckets hold as many)."""
     cfg = replace(cfg, uncond_rate=0.0)  # every video conditional: the ReferenceNet runs for all, the worst case
-    amp = AMP[cfg.mixed_precision]
+    amp = cfg.amp_dtype()
     models = build(cfg, device)
     emu = Emulate(emulate)
     dev = torch.device(device)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aa.io.image import natural_key
+
 BODY_POINTS, HAND_POINTS, FACE_POINTS = 18, 21, 68
 BODY_NAMES = (
     "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist",
@@ -71,16 +73,26 @@ def _keypoints(person: dict, key: str, n: int) -> np.ndarray:
         raise ValueError(f"'{key}' must be a list of numbers (x, y, c per point)")
     other = OPENPOSE_LAYOUTS.get(key, {})
     if len(values) in (3 * k for k in other):
-        return np.asarray(values, np.float32).reshape(-1, 3)[list(other[len(values) // 3])]
+        return _finite(np.asarray(values, np.float32).reshape(-1, 3)[list(other[len(values) // 3])])
     if len(values) not in (0, 3 * n):
         expected = " or ".join(str(3 * k) for k in (n, *other))
         raise ValueError(f"'{key}' has {len(values)} numbers, expected {expected}: x, y, c per point")
-    return np.asarray(values, np.float32).reshape(n, 3) if values else _missing(n)
+    return _finite(np.asarray(values, np.float32).reshape(n, 3)) if values else _missing(n)
 
 
-def pose_from_openpose(frame: dict, width: int | None = None, height: int | None = None) -> Pose:
+def _finite(points: np.ndarray) -> np.ndarray:
+    """(n, 3) with every point that has a NaN or infinite number (Python's json reads NaN and Infinity) made
+    missing, as OpenPose writes a missing point: 0, 0, confidence 0."""
+    points[~np.isfinite(points).all(1)] = 0
+    return points
+
+
+def pose_from_openpose(frame: dict, width: int | None = None, height: int | None = None, *,
+                       unknown_canvas: bool = False) -> Pose:
     """Inverse of `pose_to_openpose`, and OpenPose's own `--write_json` frames (COCO-18 or BODY_25 body, 70-point
-    face; no canvas size: pass width and height); the first person of the frame (no person: no points)."""
+    face; no canvas size: pass width and height, or `unknown_canvas=True` for a 0 x 0 canvas that the caller places,
+    e.g. by aa.poses.fit.keypoint_box); the first person of the frame (no person: no points). Points with NaN or
+    infinite numbers are missing."""
     if not isinstance(frame, dict):
         raise ValueError(f"an OpenPose frame is a JSON object with 'people', got {type(frame).__name__}")
     try:
@@ -88,7 +100,7 @@ def pose_from_openpose(frame: dict, width: int | None = None, height: int | None
         height = int(frame.get("canvas_height", height or 0))
     except (TypeError, ValueError):
         raise ValueError("canvas_width/canvas_height must be integers") from None
-    if width <= 0 or height <= 0:
+    if (width <= 0 or height <= 0) and not (unknown_canvas and width == height == 0):
         raise ValueError("OpenPose frame has no canvas_width/canvas_height: pass width and height")
     people = frame.get("people", [])
     if not isinstance(people, list) or not all(isinstance(p, dict) for p in people):
@@ -107,16 +119,27 @@ def save_json(path: str | os.PathLike, poses: list[Pose]) -> None:
     os.replace(tmp, path)
 
 
-def load_json(path: str | os.PathLike, width: int | None = None, height: int | None = None) -> list[Pose]:
+def keypoint_files(path: str | os.PathLike) -> list[Path]:
+    """The JSON files of a pose sequence: the file itself, or a folder's .json files in natural name order
+    (frame_2 before frame_10, as image folders are read: aa.io.image.natural_key)."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    files = sorted(path.glob("*.json"), key=lambda f: natural_key(f.name))
+    if not files:
+        raise FileNotFoundError(f"{path}: no .json keypoint files in this folder")
+    return files
+
+
+def load_json(path: str | os.PathLike, width: int | None = None, height: int | None = None, *,
+              unknown_canvas: bool = False) -> list[Pose]:
     """Read a pose sequence: one file per video ({"frames": [...]} or a bare list of frames), one OpenPose file (a
-    single frame), or a folder of per-frame OpenPose files (sorted by name). `width` x `height` is the canvas of
-    frames that don't record one (OpenPose's own). Any malformed structure is a ValueError naming the file."""
+    single frame), or a folder of per-frame OpenPose files (`keypoint_files`: natural name order). `width` x
+    `height` is the canvas of frames that don't record one (OpenPose's own); without them such frames are an error,
+    or get a 0 x 0 canvas with `unknown_canvas=True`. Any malformed structure is a ValueError naming the file."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob("*.json"))
-        if not files:
-            raise FileNotFoundError(f"{path}: no .json keypoint files in this folder")
-        return [p for f in files for p in load_json(f, width, height)]
+        return [p for f in keypoint_files(path) for p in load_json(f, width, height, unknown_canvas=unknown_canvas)]
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -129,7 +152,7 @@ def load_json(path: str | os.PathLike, width: int | None = None, height: int | N
     poses = []
     for i, frame in enumerate(frames):
         try:
-            poses.append(pose_from_openpose(frame, width, height))
+            poses.append(pose_from_openpose(frame, width, height, unknown_canvas=unknown_canvas))
         except ValueError as e:
             raise ValueError(f"{path}: frame {i}: {e}") from None
     return poses

@@ -102,6 +102,16 @@ def render_pose(pose: Pose, width: int | None = None, height: int | None = None,
     return canvas
 
 
+def drawn_points(pose: Pose, *, hands: bool = True, face: bool = True, threshold: float = THRESHOLD) -> np.ndarray:
+    """(n, 2) x, y in the pose's own pixels of the points `render_pose` would draw with these options (body points
+    above `threshold`, hand and face points at or above it): what a check for an empty or off-canvas pose counts."""
+    parts = [pose.body[pose.body[:, 2] > threshold]]
+    for part, wanted in ((pose.left_hand, hands), (pose.right_hand, hands), (pose.face, face)):
+        if wanted:
+            parts.append(part[part[:, 2] >= threshold])
+    return np.concatenate(parts)[:, :2]
+
+
 def render_poses(poses: list[Pose], width: int | None = None, height: int | None = None, **options) -> np.ndarray:
     """(f, height, width, 3) uint8 video of a pose sequence; options as in `render_pose`."""
     if not poses:

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-PREDICTIONS = ("eps", "v")
+from aa.sampling.choices import PREDICTIONS, SNR_WEIGHTINGS  # defined there: command lines read them without torch
+
 SPACINGS = ("leading", "trailing", "linspace")
 
 
@@ -131,9 +132,6 @@ def ddim_step(x_t: Tensor, pred: Tensor, ab_t: float, ab_prev: float, prediction
         z = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
         x_prev = x_prev + sigma * z
     return x_prev
-
-
-SNR_WEIGHTINGS = ("released", "hang")
 
 
 def min_snr_weight(ab: Tensor, gamma: float, prediction: str, weighting: str = "released") -> Tensor:

@@ -11,7 +11,7 @@ autocast at `Settings.dtype`.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
@@ -26,7 +26,7 @@ from aa.models.bundle import Models, module_dtype
 from aa.models.clip import preprocess
 from aa.models.unet import UNet
 from aa.models.vae import AutoencoderKL
-from aa.sampling import ddim
+from aa.sampling import ddim, solvers
 from aa.sampling.plan import PoseFeatures, WindowPlan
 from aa.sampling.windows import check_window
 
@@ -36,6 +36,7 @@ class Settings:
     """Sampling settings. The defaults are ours; `moore_settings()` reproduces the released inference exactly."""
 
     steps: int = 25
+    scheduler: str = "ddim"  # the sampler: 'ddim', 'dpm++2m' or 'unipc' (aa/sampling/solvers.py)
     guidance: float = 3.5  # classifier-free guidance scale; 1 skips the unconditional branch
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic)
     prediction: str = "v"  # what the UNet predicts: 'v' (released weights) or 'eps'
@@ -133,16 +134,28 @@ def guided_prediction(unet: UNet, x: Tensor, t: int | Tensor, context: Tensor, r
 @torch.inference_mode()
 def denoise(models: Models, latents: Tensor, poses: Sequence[np.ndarray] | np.ndarray, context: Tensor,
             ref_kv: list[KV] | None, settings: Settings, generator: torch.Generator | None = None,
-            progress: bool = True) -> Tensor:
-    """DDIM over the whole video, window by window; returns the clean latents (F, c, h, w)."""
+            progress: bool = True, on_window: Callable[[int, int], None] | None = None) -> Tensor:
+    """DDIM (or `settings.scheduler`'s multistep solver) over the whole video, window by window; returns the clean
+    latents (F, c, h, w). `on_window(done, total)` is called before the first window (done 0) and after each window
+    of each step (for progress and its rate; an exception it raises stops the loop).
+
+    Each step blends the windows' predictions into one per frame, then updates every latent once; a multistep
+    solver's history is therefore the blended x0 of each frame (where windows overlap, their weighted mean), the
+    same whichever windows predicted it, so the windows may move between steps (`shift_windows`)."""
     s = settings
     ab = ddim.alphas_cumprod(s.beta_schedule, s.zero_snr)
     steps = ddim.timesteps(s.steps, len(ab), s.spacing, s.steps_offset)
     n, device, dtype = latents.shape[0], latents.device, module_dtype(models.unet)
     plan = WindowPlan(n, len(steps), s.window, s.overlap, s.wrap, s.shift_windows, s.blend, device)
     pose_features = PoseFeatures(models.pose_guider, poses, device, chunk=s.window)
+    if s.scheduler != "ddim":  # a multistep solver steps to the next timestep it evaluates (solvers.chained)
+        steps = solvers.chained(steps)
+    history: solvers.History | None = None
     t_device = torch.tensor([t for t, _ in steps], device=device)  # one copy; each step indexes it on the device
-    bar = tqdm(total=sum(map(len, plan.steps)), desc="denoising", unit="window", disable=not progress)
+    total_windows, done = sum(map(len, plan.steps)), 0
+    bar = tqdm(total=total_windows, desc="denoising", unit="window", disable=not progress)
+    if on_window is not None:
+        on_window(0, total_windows)
     for k, (t, t_prev) in enumerate(steps):
         total = torch.zeros_like(latents, dtype=torch.float32)
         weight = torch.zeros(n, 1, 1, 1, device=device)
@@ -154,9 +167,16 @@ def denoise(models: Models, latents: Tensor, poses: Sequence[np.ndarray] | np.nd
             total.index_add_(0, idx, pred.float() * w)
             weight.index_add_(0, idx, w)
             bar.update()
+            done += 1
+            if on_window is not None:
+                on_window(done, total_windows)
         pred = total / weight
-        latents = ddim.ddim_step(latents, pred.to(latents.dtype), ddim.alpha_bar(ab, t), ddim.alpha_bar(ab, t_prev),
-                                 s.prediction, s.eta, generator)
+        if s.scheduler == "ddim":
+            latents = ddim.ddim_step(latents, pred.to(latents.dtype), ddim.alpha_bar(ab, t),
+                                     ddim.alpha_bar(ab, t_prev), s.prediction, s.eta, generator)
+        else:
+            latents, history = solvers.solver_step(s.scheduler, latents, pred.to(latents.dtype), ddim.alpha_bar(ab, t),
+                                                   ddim.alpha_bar(ab, t_prev), s.prediction, history)
     bar.close()
     return latents
 
@@ -182,13 +202,18 @@ def initial_latents(num_frames: int, height: int, width: int, channels: int = 4,
 
 def animate_iter(models: Models, reference: Image.Image | np.ndarray, poses: Sequence[np.ndarray] | np.ndarray,
                  settings: Settings = Settings(), *, width: int | None = None, height: int | None = None,
-                 seed: int = 0, latents: Tensor | None = None, progress: bool = True) -> Iterator[np.ndarray]:
+                 seed: int = 0, latents: Tensor | None = None, progress: bool = True,
+                 on_window: Callable[[int, int], None] | None = None) -> Iterator[np.ndarray]:
     """Like `animate`, but yields the decoded frames a chunk at a time (for writing long videos). The inputs are
-    checked here, before any work starts."""
+    checked here, before any work starts; `on_window` goes to `denoise` (step progress)."""
     if len(poses) == 0:
         raise ValueError("the pose sequence is empty")
     if settings.steps < 1:
         raise ValueError(f"need at least one step, got {settings.steps}")
+    if settings.scheduler not in solvers.SCHEDULERS:
+        raise ValueError(f"unknown scheduler {settings.scheduler!r}: expected one of {solvers.SCHEDULERS}")
+    if settings.scheduler != "ddim" and settings.eta != 0:
+        raise ValueError(f"eta {settings.eta} needs the ddim scheduler: {settings.scheduler} is deterministic")
     check_window(settings.window, settings.overlap)
     if not np.isfinite(settings.guidance):
         raise ValueError(f"the guidance scale must be a finite number, got {settings.guidance}")
@@ -206,12 +231,12 @@ def animate_iter(models: Models, reference: Image.Image | np.ndarray, poses: Seq
     expected = (n, models.vae.cfg.latent_channels, height // down, width // down)
     if tuple(latents.shape) != expected:
         raise ValueError(f"initial latents must be (f, c, h, w) = {expected}, got {tuple(latents.shape)}")
-    return _animate(models, reference, poses, settings, width, height, seed, latents, progress)
+    return _animate(models, reference, poses, settings, width, height, seed, latents, progress, on_window)
 
 
 def _animate(models: Models, reference: Image.Image | np.ndarray, poses: Sequence[np.ndarray] | np.ndarray,
              settings: Settings, width: int, height: int, seed: int, latents: Tensor,
-             progress: bool) -> Iterator[np.ndarray]:
+             progress: bool, on_window: Callable[[int, int], None] | None = None) -> Iterator[np.ndarray]:
     device = next(models.unet.parameters()).device
     # autocast only for fp32 weights on CUDA: fp16/bf16 weights run as they are, without re-casting every norm
     autocast = device.type == "cuda" and module_dtype(models.unet) == torch.float32 != settings.dtype
@@ -228,7 +253,8 @@ def _animate(models: Models, reference: Image.Image | np.ndarray, poses: Sequenc
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         generator = torch.Generator(device).manual_seed(seed + 1) if settings.eta > 0 else None
-        latents = denoise(models, latents.to(device), poses, context, ref_kv, settings, generator, progress)
+        latents = denoise(models, latents.to(device), poses, context, ref_kv, settings, generator, progress,
+                          on_window)
     yield from decode(models.vae, latents, decode_chunk(models.vae, latents, settings.decode_chunk))
 
 

@@ -15,6 +15,12 @@ from aa.synthetic.character import Background, Garment
 from aa.synthetic.shapes import pattern, segment_distance
 
 OWNERS = {"torso": 1, "head": 2, "right_arm": 3, "left_arm": 4, "right_leg": 5, "left_leg": 6}
+# What each pixel shows, for colour metrics per part: the label of the last paint that covered it. "other" is every
+# small or accessory detail (eyes, mouth, nose shading, glasses, logo, belt, strap, scarf, bag); 0 the background
+# (and the ground shadow).
+PARTS = {"background": 0, "shirt": 1, "sleeves": 2, "trousers": 3, "skin": 4, "hair": 5, "hat": 6, "shoes": 7,
+         "other": 8}
+MIXED = 255  # an output pixel whose samples show more than one part (edges): in no part's mask
 OUTLINE = 0.009  # outline width, figure units
 # A capsule: end points a, b (pixels, (2+,)), radius (pixels), and a position along the part at a and at b
 # (interpolated per pixel: limbs use 0 at the root, 1 at the elbow/knee, 2 at the wrist/ankle, for sleeve lengths).
@@ -42,6 +48,7 @@ class Canvas:
     def __init__(self, backdrop: np.ndarray, ss: int) -> None:
         self.rgb = backdrop.copy()
         self.owner = np.zeros(backdrop.shape[:2], np.uint8)
+        self.label = np.zeros(backdrop.shape[:2], np.uint8)
         self.ss = ss
 
     def window(self, x0: float, x1: float, y0: float, y1: float) -> Window | None:
@@ -60,11 +67,15 @@ class Canvas:
         return self.window(p[:, 0].min() - margin, p[:, 0].max() + margin, p[:, 1].min() - margin,
                            p[:, 1].max() + margin)
 
-    def paint(self, win: Window, mask: np.ndarray, colour: np.ndarray, owner: str | None = None) -> None:
-        """Cover `mask` with `colour` ((3,) or per-pixel (..., 3)); body parts also claim the owner map."""
+    def paint(self, win: Window, mask: np.ndarray, colour: np.ndarray, label: str | np.ndarray,
+              owner: str | None = None) -> None:
+        """Cover `mask` with `colour` ((3,) or per-pixel (..., 3)) and `label` (a PARTS name, or per-pixel PARTS
+        values); body parts also claim the owner map."""
         colour = np.broadcast_to(np.asarray(colour, np.float32), mask.shape + (3,))
         region = self.rgb[win.ys, win.xs]
         region[mask] = colour[mask]
+        labels = np.broadcast_to(np.asarray(PARTS[label] if isinstance(label, str) else label, np.uint8), mask.shape)
+        self.label[win.ys, win.xs][mask] = labels[mask]
         if owner is not None:
             self.owner[win.ys, win.xs][mask] = OWNERS[owner]
 
@@ -72,6 +83,14 @@ class Canvas:
         i, j = int(round((y + 0.5) * self.ss - 0.5)), int(round((x + 0.5) * self.ss - 0.5))
         hs, ws = self.owner.shape
         return int(self.owner[i, j]) if 0 <= i < hs and 0 <= j < ws else 0
+
+    def labels(self) -> np.ndarray:
+        """The part label of each output pixel, (h, w) uint8: a PARTS value where all its samples agree, else MIXED."""
+        hs, ws = self.label.shape
+        s = self.ss
+        blocks = self.label.reshape(hs // s, s, ws // s, s).transpose(0, 2, 1, 3).reshape(hs // s, ws // s, s * s)
+        first = blocks[..., 0]
+        return np.where((blocks == first[..., None]).all(axis=-1), first, MIXED).astype(np.uint8)
 
     def image(self) -> np.ndarray:
         """Box-filter down to the output size: (h, w, 3) uint8."""
@@ -169,10 +188,10 @@ def capsules(win: Window, parts: list[Capsule]) -> tuple[np.ndarray, np.ndarray,
 
 
 def paint_capsules(cv: Canvas, parts: list[Capsule], colour_of: Callable[[Window, np.ndarray], np.ndarray],
-                   owner: str, outline: float) -> None:
-    """Paint a union of capsules with per-pixel colours `colour_of(window, param)`."""
+                   label_of: Callable[[np.ndarray], np.ndarray | str], owner: str, outline: float) -> None:
+    """Paint a union of capsules with per-pixel colours `colour_of(window, param)` and labels `label_of(param)`."""
     win = cv.around(np.stack([p for part in parts for p in part[:2]]), max(part[2] for part in parts) + 2)
     if win is not None:
         sd, param, facing, radius = capsules(win, parts)
         edge = sd > -np.minimum(outline, 0.3 * radius)  # thin parts (fingers) keep their colour
-        cv.paint(win, sd <= 0, shade(colour_of(win, param), facing, edge), owner)
+        cv.paint(win, sd <= 0, shade(colour_of(win, param), facing, edge), label_of(param), owner)

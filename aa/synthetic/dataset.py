@@ -8,7 +8,9 @@ Layout written by `write_dataset(out, ...)`:
     out/<split>/c0007_walk_1.json      its keypoints, one pose per frame (aa.poses.keypoints.save_json)
     out/<split>/c0007_walk_1.box.json  the character's bounding box in each frame, [[x0, y0, x1, y1], ...] (pixels,
                                        end-exclusive; render.render_frame_box): where region metrics look
-    out/<split>.json                   manifest: [{"video", "keypoints", "boxes", "character", "motion",
+    out/<split>/c0007_walk_1.parts.npz what each pixel of each frame shows, (f, h, w) uint8 canvas.PARTS values
+                                       (render.render_frame_parts; load_parts): where per-part colour metrics look
+    out/<split>.json                   manifest: [{"video", "keypoints", "boxes", "parts", "character", "motion",
                                        "reference"}, ...]
 
 Splits: `train` (train characters, train motions), `val` and `test_chars` (two disjoint sets of held-out
@@ -29,7 +31,7 @@ from aa.io.video import write_video
 from aa.poses.keypoints import Pose, save_json
 from aa.synthetic.character import BACKGROUNDS, Character, sample_character
 from aa.synthetic.motions import HELD_OUT_MOTIONS, MOTIONS, TRAIN_MOTIONS, sample_params
-from aa.synthetic.render import render_frame, render_frame_box
+from aa.synthetic.render import render_frame, render_frame_parts
 from aa.synthetic.skeleton import PoseState
 
 FPS = 8.0
@@ -50,15 +52,23 @@ def make_clip(character: Character, motion: str, frames: int, width: int, height
 def make_clip_boxes(character: Character, motion: str, frames: int, width: int, height: int, seed: int,
                     fps: float = FPS) -> tuple[np.ndarray, list[Pose], list[tuple[int, int, int, int]]]:
     """`make_clip` plus the character's bounding box in each frame (`render_frame_box`)."""
+    video, poses, boxes, _ = make_clip_parts(character, motion, frames, width, height, seed, fps)
+    return video, poses, boxes
+
+
+def make_clip_parts(character: Character, motion: str, frames: int, width: int, height: int, seed: int,
+                    fps: float = FPS) -> tuple[np.ndarray, list[Pose], list[tuple[int, int, int, int]], np.ndarray]:
+    """`make_clip_boxes` plus each frame's part labels, (f, h, w) uint8 (`render_frame_parts`)."""
     rng = np.random.default_rng(seed)
     params = sample_params(motion, rng, frames / fps)
-    images, poses, boxes = [], [], []
+    images, poses, boxes, labels = [], [], [], []
     for i in range(frames):
-        image, pose, box = render_frame_box(character, MOTIONS[motion](i / fps, params), width, height)
+        image, pose, box, label = render_frame_parts(character, MOTIONS[motion](i / fps, params), width, height)
         images.append(image)
         poses.append(pose)
         boxes.append(box)
-    return np.stack(images), poses, boxes
+        labels.append(label)
+    return np.stack(images), poses, boxes, np.stack(labels)
 
 
 def reference(character: Character, width: int, height: int) -> tuple[np.ndarray, Pose]:
@@ -107,6 +117,20 @@ def _save_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def save_parts(path: Path, labels: np.ndarray) -> None:
+    """Part labels (f, h, w) uint8 as a compressed .npz (key "labels"), written atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, labels=labels)
+    os.replace(tmp, path)
+
+
+def load_parts(path: str | os.PathLike) -> np.ndarray:
+    """Part labels written by `save_parts`: (f, h, w) uint8 canvas.PARTS values (canvas.MIXED on edges)."""
+    with np.load(path) as data:
+        return data["labels"]
+
+
 def write_dataset(out: str | os.PathLike, width: int = 64, height: int = 64, train_characters: int = 40,
                   val_characters: int = 5, test_characters: int = 8, clips_per_character: int = 3,
                   frames: int = 24, seed: int = 0, fps: float = FPS, progress: bool = True,
@@ -132,13 +156,15 @@ def write_dataset(out: str | os.PathLike, width: int = 64, height: int = 64, tra
             for clip in clips:
                 key = [seed, clip.character, clip.index, split_id]
                 clip_seed = int(np.random.SeedSequence(key).generate_state(1)[0])
-                video, poses, boxes = make_clip_boxes(cache[clip.character], clip.motion, frames, width, height,
-                                                      clip_seed, fps)
+                video, poses, boxes, labels = make_clip_parts(cache[clip.character], clip.motion, frames, width,
+                                                              height, clip_seed, fps)
                 write_video(out / split / f"{clip.name}.mp4", video, fps, lossless=True)
                 save_json(out / split / f"{clip.name}.json", poses)
                 _save_text(out / split / f"{clip.name}.box.json", json.dumps([list(b) for b in boxes]))
+                save_parts(out / split / f"{clip.name}.parts.npz", labels)
                 manifests[split].append({"video": f"{split}/{clip.name}.mp4", "keypoints": f"{split}/{clip.name}.json",
                                          "boxes": f"{split}/{clip.name}.box.json",
+                                         "parts": f"{split}/{clip.name}.parts.npz",
                                          "character": clip.character, "motion": clip.motion,
                                          "reference": f"characters/{clip.character:04d}.png"})
                 bar.update()

@@ -1,6 +1,7 @@
 """The parts of a character, each drawn through the skeleton's points: torso, limbs, head, hair, accessories.
 
-Every function paints one part on a `Canvas`; body parts claim the owner map (used for keypoint visibility),
+Every function paints one part on a `Canvas`, labelling each pixel with what it shows (canvas.PARTS: shirt,
+sleeves, trousers, skin, hair, hat, shoes, other); body parts claim the owner map (used for keypoint visibility),
 hair and accessories don't. `render.py` decides the order.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 
 from aa.synthetic.canvas import (
     OUTLINE,
+    PARTS,
     Canvas,
     Capsule,
     Window,
@@ -38,7 +40,7 @@ def draw_torso(cv: Canvas, ch: Character, fig: Figure) -> None:
     win = cv.around(np.stack([P["neck"], P["head"]]), neck_r + 1)
     if win is not None:
         d, _ = segment_distance(win.x, win.y, P["neck"], P["head"])
-        cv.paint(win, d <= neck_r, shade(rgb(ch.skin), 1 - d / neck_r, d > neck_r - ow))
+        cv.paint(win, d <= neck_r, shade(rgb(ch.skin), 1 - d / neck_r, d > neck_r - ow), "skin")
     a_top, a_bot = ch.shoulder + 0.8 * ch.arm_radius, ch.hip + 0.9 * ch.leg_radius
     win = cv.around(np.stack([P["pelvis"], P["neck"]]), (a_top + ch.arm_radius) * k + 2)
     if win is None:
@@ -51,21 +53,25 @@ def draw_torso(cv: Canvas, ch: Character, fig: Figure) -> None:
     u, vf = phi * a_mid * (1 + ch.depth) / 2, v * ch.torso
     shirt = v >= _WAIST
     colour = np.where(shirt[..., None], fabric(ch.shirt, u, vf), fabric(ch.trousers, u, vf))
+    label = np.where(shirt, PARTS["shirt"], PARTS["trousers"])
     front = np.abs(phi) < np.pi / 2
     if ch.logo:
         size = 0.45 * a_mid
         mark = logo(ch.logo, u / size, (0.68 * ch.torso - vf) / size) & front & shirt
         colour = np.where(mark[..., None], rgb(ch.logo_colour), colour)
+        label = np.where(mark, PARTS["other"], label)
     if ch.bag:
         target = np.where(front, 2.0 * (v - 0.5), np.pi - 2.0 * (v - 0.5))
         strap = (np.abs(wrap(phi - target)) * a_mid < 0.022) & (v > 0.05)
         colour = np.where(strap[..., None], rgb(ch.bag) * 0.8, colour)
+        label = np.where(strap, PARTS["other"], label)
     if ch.belt:
         band = np.abs(v - _WAIST) * length < 0.022 * k
         buckle = band & (np.abs(phi) < 0.22)
         colour = np.where(band[..., None], rgb(ch.belt), colour)
         colour = np.where(buckle[..., None], np.float32([225, 200, 90]), colour)
-    cv.paint(win, inside, shade(colour, np.sqrt(1 - q * q), to_edge < ow), "torso")
+        label = np.where(band, PARTS["other"], label)
+    cv.paint(win, inside, shade(colour, np.sqrt(1 - q * q), to_edge < ow), label, "torso")
     if ch.scarf:
         draw_scarf(cv, ch, fig)
 
@@ -89,12 +95,12 @@ def draw_limb(cv: Canvas, ch: Character, fig: Figure, name: str) -> None:
     if kind == "arm":
         joints = [P[f"{side}_shoulder"], P[f"{side}_elbow"], P[f"{side}_wrist"]]
         radii = [ch.arm_radius * k, 0.85 * ch.arm_radius * k]
-        extra, garment, reach = [], ch.shirt, ch.sleeve
+        extra, garment, reach, clothed = [], ch.shirt, ch.sleeve, PARTS["sleeves"]
     else:
         joints = [P[f"{side}_hip"], P[f"{side}_knee"], P[f"{side}_ankle"]]
         radii = [ch.leg_radius * k, 0.8 * ch.leg_radius * k]
         extra = [(P[f"{side}_heel"], P[f"{side}_toe"], ch.foot_radius * k, _SHOE, _SHOE)]
-        garment, reach = ch.trousers, ch.legwear
+        garment, reach, clothed = ch.trousers, ch.legwear, PARTS["trousers"]
     parts = [(joints[0], joints[1], radii[0], 0.0, 1.0), (joints[1], joints[2], radii[1], 1.0, 2.0)] + extra
 
     def colour_of(win: Window, param: np.ndarray) -> np.ndarray:
@@ -102,9 +108,13 @@ def draw_limb(cv: Canvas, ch: Character, fig: Figure, name: str) -> None:
         colour = np.where((param < reach)[..., None], fabric(garment, u, v), rgb(ch.skin))
         return np.where((param == _SHOE)[..., None], rgb(ch.shoes), colour)
 
-    paint_capsules(cv, parts, colour_of, name, OUTLINE * k)
+    def label_of(param: np.ndarray) -> np.ndarray:
+        return np.where(param == _SHOE, PARTS["shoes"], np.where(param < reach, clothed, PARTS["skin"]))
+
+    paint_capsules(cv, parts, colour_of, label_of, name, OUTLINE * k)
     if kind == "arm":
-        paint_capsules(cv, _hand_parts(fig.hands[side], ch.hand * k), lambda *_: rgb(ch.skin), name, OUTLINE * k)
+        paint_capsules(cv, _hand_parts(fig.hands[side], ch.hand * k), lambda *_: rgb(ch.skin), lambda _: "skin",
+                       name, OUTLINE * k)
 
 
 def draw_head(cv: Canvas, ch: Character, fig: Figure) -> None:
@@ -116,13 +126,15 @@ def draw_head(cv: Canvas, ch: Character, fig: Figure) -> None:
     inside, p, w = h.to_local(win.x, win.y)
     lx, ly, lz = p[..., 0], p[..., 1], p[..., 2]
     colour = np.broadcast_to(rgb(ch.skin), lx.shape + (3,)).copy()
+    label = np.full(lx.shape, PARTS["skin"], np.uint8)
     face = lz > 0
 
-    def put(mask: np.ndarray, c: np.ndarray) -> None:
+    def put(mask: np.ndarray, c: np.ndarray, part: str = "other") -> None:
         colour[mask] = c
+        label[mask] = PARTS[part]
 
     nose_d, _ = segment_distance(lx, ly, FACE_2D[28], FACE_2D[30])
-    put(face & (nose_d < 0.035), rgb(ch.skin) * 0.8)
+    put(face & (nose_d < 0.035), rgb(ch.skin) * 0.8, "skin")
     lips, mouth = FACE_2D[48:60], FACE_2D[60:68]
     put(face & inside_polygon(lx, ly, lips), np.float32([170, 60, 60]) * 0.5 + rgb(ch.skin) * 0.3)
     put(face & inside_polygon(lx, ly, mouth), np.float32([70, 20, 25]))
@@ -134,8 +146,8 @@ def draw_head(cv: Canvas, ch: Character, fig: Figure) -> None:
     hair = _hair_mask(ch.hair_style, lx, ly, lz)
     for brow in (FACE_2D[17:22], FACE_2D[22:27]):
         for a, b in zip(brow[:-1], brow[1:]):
-            put(face & (segment_distance(lx, ly, a, b)[0] < 0.035), rgb(ch.hair) * 0.7)
-    put(hair, rgb(ch.hair))
+            put(face & (segment_distance(lx, ly, a, b)[0] < 0.035), rgb(ch.hair) * 0.7, "hair")
+    put(hair, rgb(ch.hair), "hair")
     if ch.glasses:
         ring = np.zeros(lx.shape, bool)
         for c in EYE_CENTRES:
@@ -143,7 +155,7 @@ def draw_head(cv: Canvas, ch: Character, fig: Figure) -> None:
         ring |= (np.abs(ly - 0.0) < 0.025) & (np.abs(lx) < 0.2)
         put(face & ring, rgb(ch.glasses))
     edge = w < np.sqrt(1 - (1 - OUTLINE * fig.scale / h.rx) ** 2)
-    cv.paint(win, inside, shade(colour, 0.4 + w, edge), "head")
+    cv.paint(win, inside, shade(colour, 0.4 + w, edge), label, "head")
 
 
 def _hair_mask(style: str, lx: np.ndarray, ly: np.ndarray, lz: np.ndarray) -> np.ndarray:
@@ -179,7 +191,7 @@ def hair_volume(ch: Character, fig: Figure) -> list[tuple[float, Callable[[Canva
             if win is not None:
                 d, _ = segment_distance(win.x, win.y, ends[0], ends[1])
                 rr = r * h.rx
-                cv.paint(win, d <= rr, shade(rgb(ch.hair), 1 - d / rr, d > rr - OUTLINE * fig.scale))
+                cv.paint(win, d <= rr, shade(rgb(ch.hair), 1 - d / rr, d > rr - OUTLINE * fig.scale), "hair")
         items.append((depth, draw))
     return items
 
@@ -204,7 +216,7 @@ def draw_hat(cv: Canvas, ch: Character, fig: Figure) -> None:
         mask = dome | ((np.abs(u) < 1.35) & (np.abs(v + 0.38) < 0.07))
         band = np.zeros(mask.shape, bool)
     colour = np.where(band[..., None], rgb(ch.hat_colour) * 0.6, rgb(ch.hat_colour))
-    cv.paint(win, mask, shade(colour, np.ones(mask.shape), np.zeros(mask.shape, bool)))
+    cv.paint(win, mask, shade(colour, np.ones(mask.shape), np.zeros(mask.shape, bool)), "hat")
 
 
 def draw_scarf(cv: Canvas, ch: Character, fig: Figure) -> None:
@@ -216,7 +228,7 @@ def draw_scarf(cv: Canvas, ch: Character, fig: Figure) -> None:
     win = cv.around(np.stack([p for part in parts for p in part[:2]]), 0.05 * k + 2)
     if win is not None:
         sd, _, facing, _ = capsules(win, parts)
-        cv.paint(win, sd <= 0, shade(rgb(ch.scarf), facing, sd > -OUTLINE * k))
+        cv.paint(win, sd <= 0, shade(rgb(ch.scarf), facing, sd > -OUTLINE * k), "other")
 
 
 def draw_skirt(cv: Canvas, ch: Character, fig: Figure) -> None:
@@ -230,7 +242,7 @@ def draw_skirt(cv: Canvas, ch: Character, fig: Figure) -> None:
         return
     inside, v, phi, q, to_edge = frustum(win, bottom, top, a1, a0, ch.depth, fig.yaw, 0.0, 1.0)
     colour = fabric(ch.trousers, phi * a1 / k, v * 0.6 * ch.thigh)
-    cv.paint(win, inside, shade(colour, np.sqrt(1 - q * q), to_edge < OUTLINE * k))
+    cv.paint(win, inside, shade(colour, np.sqrt(1 - q * q), to_edge < OUTLINE * k), "trousers")
 
 
 def draw_bag(cv: Canvas, ch: Character, fig: Figure) -> None:
@@ -244,7 +256,8 @@ def draw_bag(cv: Canvas, ch: Character, fig: Figure) -> None:
     mask = dx ** 4 + dy ** 4 <= 1
     flap = (win.y - c[1]) < -0.2 * half_h
     colour = np.where(flap[..., None], rgb(ch.bag) * 0.8, rgb(ch.bag))
-    cv.paint(win, mask, shade(colour, 1 - 0.5 * dx, dx ** 4 + dy ** 4 > (1 - OUTLINE * k / half_h) ** 4))
+    cv.paint(win, mask, shade(colour, 1 - 0.5 * dx, dx ** 4 + dy ** 4 > (1 - OUTLINE * k / half_h) ** 4),
+             "other")
 
 
 def draw_shadow(cv: Canvas, fig: Figure, state: PoseState, height: int) -> None:

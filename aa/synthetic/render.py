@@ -95,6 +95,14 @@ def render_frame_box(character: Character, pose_state: PoseState, width: int, he
                      ) -> tuple[np.ndarray, Pose, tuple[int, int, int, int]]:
     """`render_frame` plus the character's bounding box (x0, y0, x1, y1), end-exclusive output pixels: every pixel
     a part of the character (body, hair, hat, clothes, bag; not its ground shadow) changed; (0, 0, 0, 0) if none."""
+    image, pose, box, _ = render_frame_parts(character, pose_state, width, height)
+    return image, pose, box
+
+
+def render_frame_parts(character: Character, pose_state: PoseState, width: int, height: int
+                       ) -> tuple[np.ndarray, Pose, tuple[int, int, int, int], np.ndarray]:
+    """`render_frame_box` plus what each pixel shows, (h, w) uint8 canvas.PARTS values (canvas.MIXED where an edge
+    pixel shows more than one part): where per-part colour metrics look."""
     ss = supersampling(width, height)
     fig = pose_figure(character, pose_state, width, height)
     cv = Canvas(background(character.background, width, height, ss), ss)
@@ -105,4 +113,4 @@ def render_frame_box(character: Character, pose_state: PoseState, width: int, he
     drawn = (cv.rgb != backdrop).any(axis=-1).reshape(height, ss, width, ss).any(axis=(1, 3))  # (h, w)
     ys, xs = np.nonzero(drawn)
     box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (0, 0, 0, 0)
-    return cv.image(), _keypoints(cv, fig, width, height), box
+    return cv.image(), _keypoints(cv, fig, width, height), box, cv.labels()

@@ -5,18 +5,30 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from aa.io.cli import check_number
 from aa.models.config import ARCHITECTURES
-from aa.sampling import ddim
-from aa.training.objective import Objective
+from aa.sampling import choices
+from aa.sampling.choices import DTYPE_NAMES
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --frozen-dtype
+if TYPE_CHECKING:  # torch and the objective are imported where used: train.py --help builds its flags from here
+    import torch
+
+    from aa.training.objective import Objective
+
+# dtypes by name, resolved to torch dtypes where used (`torch_dtype`), so reading this table needs no torch
+DTYPES = dict(DTYPE_NAMES)  # --frozen-dtype
 STAGES = (1, 2)  # --stage: 1 single frames, 2 clips with temporal layers
 AMP = {"no": None, "bf16": DTYPES["bf16"], "fp16": DTYPES["fp16"]}  # --mixed-precision: autocast off, or its dtype
+
+
+def torch_dtype(name: str | None) -> torch.dtype | None:
+    """The torch dtype of a DTYPES/AMP value ('bfloat16' -> torch.bfloat16; None stays None: autocast off)."""
+    if name is None:
+        return None
+    import torch
+    return getattr(torch, name)
 
 
 @dataclass(frozen=True)
@@ -101,13 +113,13 @@ class TrainConfig:
         "dtype of the weights that don't train (bf16 and fp16 halve their memory and need --mixed-precision; they "
         "are saved in this dtype too)", choices=lambda: sorted(DTYPES)))
     prediction: str = field(default="v", metadata=flag(
-        "what the UNet predicts: the velocity v or the noise eps", choices=lambda: ddim.PREDICTIONS))
+        "what the UNet predicts: the velocity v or the noise eps", choices=lambda: choices.PREDICTIONS))
     zero_snr: bool = field(default=True, metadata=flag("rescale the noise schedule to zero terminal SNR"))
     min_snr_gamma: float | None = field(default=5.0, metadata=flag(
         "min-SNR-gamma loss weighting (a negative value turns it off)", metavar="GAMMA"))
     snr_weighting: str = field(default="released", metadata=flag(
         "v-prediction's min-SNR weight: released min(SNR+1, g)/(SNR+1) as Moore trained, or hang min(SNR, g)/(SNR+1) "
-        "(0 at zero SNR)", choices=lambda: ddim.SNR_WEIGHTINGS))
+        "(0 at zero SNR)", choices=lambda: choices.SNR_WEIGHTINGS))
     noise_offset: float = field(default=0.05, metadata=flag(
         "per-video, per-channel offset noise scale", minimum=0, metavar="SCALE"))
     uncond_rate: float = field(default=0.1, metadata=flag(
@@ -125,6 +137,10 @@ class TrainConfig:
     min_ref_distance: int = field(default=0, metadata=flag(
         "stage 1: minimum distance in frames between the target and the reference frame", minimum=0,
         metavar="FRAMES"))
+    colour_augment: float = field(default=0.0, metadata=flag(
+        "probability that a sample's frames (targets and reference alike) get one random colour transform (hue "
+        "turn, channel permutation, saturation, brightness): the colours can then only come from the reference",
+        minimum=0, maximum=1, metavar="P"))
     save_every: int = field(default=500, metadata=flag("checkpoint every N steps", minimum=1, metavar="N"))
     keep: int = field(default=3, metadata=flag("keep the newest N checkpoints", minimum=0, metavar="N"))
     log_every: int = field(default=10, metadata=flag("write log.jsonl every N steps", minimum=1, metavar="N"))
@@ -142,6 +158,14 @@ class TrainConfig:
     device: str | None = field(default=None, metadata=flag(
         "torch device (default: this process's GPU if there is one, else cpu)"))
 
+    def frozen_torch_dtype(self) -> torch.dtype:
+        """The torch dtype of --frozen-dtype."""
+        return torch_dtype(DTYPES[self.frozen_dtype])
+
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of --mixed-precision (None: no autocast)."""
+        return torch_dtype(AMP[self.mixed_precision])
+
     @property
     def clip_frames(self) -> int:
         """Target frames per sample: 1 in stage 1, --frames in stage 2."""
@@ -149,6 +173,7 @@ class TrainConfig:
 
     def objective(self) -> Objective:
         """The loss options (the schedule is the one SD was trained with: scaled_linear)."""
+        from aa.training.objective import Objective
         return Objective(self.prediction, "scaled_linear", self.zero_snr, self.min_snr_gamma, self.noise_offset,
                          self.uncond_rate, reference=self.reference, snr_weighting=self.snr_weighting)
 

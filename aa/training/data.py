@@ -25,6 +25,7 @@ from aa.io.video import VideoError, read_video, video_info
 from aa.models.clip import preprocess
 from aa.poses.keypoints import Pose, load_json
 from aa.poses.render import render_pose
+from aa.training.augment import random_colour_transform
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class DataConfig:
     clip_size: int = 224
     hands: bool = True  # render hand keypoints
     face: bool = False  # render face keypoints (they over-constrain faces)
+    colour_augment: float = 0.0  # probability of one random colour transform for all of a sample's frames
 
 
 def crop_box(rng: np.random.Generator, src_w: int, src_h: int, out_w: int, out_h: int,
@@ -163,6 +165,8 @@ class PoseVideoDataset(torch.utils.data.Dataset):
         targets, ref = frame_indices(rng, info.frames, cfg)
         frames = read_video(e.video, [*targets, ref])
         box = crop_box(rng, info.width, info.height, cfg.width, cfg.height, cfg.crop_scale)
+        if cfg.colour_augment > 0 and rng.uniform() < cfg.colour_augment:  # no draw when off: samples unchanged
+            frames = random_colour_transform(rng).apply(frames)  # targets and reference alike (and so CLIP's crop)
         images = np.stack([crop_resize(f, box, cfg.width, cfg.height) for f in frames])
         if e.keypoints is not None:
             if i not in self.poses:  # crop_pose copies, so the cached poses are never changed

@@ -2,8 +2,8 @@
 
 Stage 1 trains the denoising UNet (no temporal layers), the ReferenceNet and the Pose Guider on single frames;
 stage 2 adds temporal layers and trains only them on runs of --frames frames (paper 3.3). The VAE and the image
-encoder stay frozen. Every sample's randomness comes from its position in the global sample stream (`sampler.py`), so a run gives the same
-result on any number of processes and when resumed.
+encoder stay frozen. Every sample's randomness comes from its position in the global sample stream (`sampler.py`),
+so a run gives the same result on any number of processes and when resumed.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from contextlib import nullcontext
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,12 +24,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from aa.io.cli import Stopped, StopSignals
-from aa.io.video import VideoError, video_info
 from aa.models.bundle import NAMES, Models
 from aa.sampling import pipeline
 from aa.training.checkpoint import clean_stale, latest_checkpoint, load_train_state, save_checkpoint, step_dir
-from aa.training.config import AMP, DTYPES, TrainConfig
-from aa.training.data import DataConfig, PoseVideoDataset, read_manifests
+from aa.training.config import TrainConfig
 from aa.training.objective import Trainable, draw_noise, encode
 from aa.training.parallel import (
     is_sharded,
@@ -41,6 +40,11 @@ from aa.training.parallel import (
 from aa.training.sampler import Layout, micro_batch
 from aa.training.setup import build_models, cast_frozen
 
+if TYPE_CHECKING:
+    from aa.training.data import PoseVideoDataset
+
+# The data (and through it PyAV) is imported where a run reads videos: the Trainer alone (benchmarks, memory
+# measurements) runs without a video library.
 ENCODE_CHUNK = 8  # frames per VAE encoder call: its full-resolution activations are ~0.4 GB a frame at 512x512
 
 
@@ -52,11 +56,11 @@ class Trainer:
         self.models, self.cfg, self.device = models, cfg, device
         self.obj = cfg.objective()
         if cfg.frozen_dtype != "fp32":
-            cast_frozen(models, DTYPES[cfg.frozen_dtype])
+            cast_frozen(models, cfg.frozen_torch_dtype())
         self.trainable = Trainable(models, self.obj).to(device)
         for net in (models.unet, models.reference_net):
             net.gradient_checkpointing = cfg.gradient_checkpointing
-        amp = AMP[cfg.mixed_precision]
+        amp = cfg.amp_dtype()
         self.model = wrap(self.trainable, cfg.fsdp, world, device, amp)
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # after wrap: FSDP swaps them
         # the fused kernel: on CUDA the default foreach one holds a temporary the size of all trained weights; on the
@@ -174,6 +178,7 @@ def stop_requested(stop: StopSignals | None, world: int, device: torch.device) -
 def train(cfg: TrainConfig, stop: StopSignals | None = None) -> Path:
     """Run training; returns the last checkpoint folder. When `stop` reports a signal, a checkpoint of the current
     step is saved and `Stopped` raised."""
+    from aa.training.data import DataConfig, PoseVideoDataset, read_manifests
     rank, world, device = setup_distributed(cfg.device)
     cfg.check(device)
     torch.manual_seed(cfg.seed)  # the same random init in every process
@@ -202,7 +207,7 @@ def train(cfg: TrainConfig, stop: StopSignals | None = None) -> Path:
         trainer.load_state(state)
 
     data_cfg = DataConfig(cfg.width, cfg.height, cfg.clip_frames, cfg.stride, cfg.min_ref_distance,
-                          clip_size=models.image_encoder.cfg.image_size)
+                          clip_size=models.image_encoder.cfg.image_size, colour_augment=cfg.colour_augment)
     dataset = PoseVideoDataset(read_manifests(cfg.data), data_cfg)
     layout = Layout(cfg.batch_size, world, cfg.grad_accum)
     loader = torch.utils.data.DataLoader(
@@ -264,7 +269,8 @@ def train(cfg: TrainConfig, stop: StopSignals | None = None) -> Path:
 def validate(models: Models, cfg: TrainConfig, step: int, run: Path, write: bool = True) -> Path | None:
     """A validation video with the real pipeline, ground truth | pose | generated, for the first frames of the first
     validation video (stage 1: up to 8, stage 2: --frames); written to run/val/step_N.mp4."""
-    from aa.io.video import write_video
+    from aa.io.video import VideoError, video_info, write_video
+    from aa.training.data import DataConfig, PoseVideoDataset, read_manifests
     entries = read_manifests(cfg.val_data or cfg.data)
     frames = cfg.frames
     if cfg.stage == 1:  # the first video's length, up to 8 (the stage-1 UNet has no temporal layers)
