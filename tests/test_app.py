@@ -1,5 +1,6 @@
 """The web app's server side without a browser: the sampler's progress hook, the job queue (one job at a time, in
-order, cancellation, cleanup), the checks of uploads, and app.Server's forms and jobs on the demo model (CPU)."""
+order, cancellation, cleanup), the checks of uploads, and the Server's forms and jobs (aa/app/server.py) on the demo
+model (CPU)."""
 import threading
 import time
 import zipfile
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from aa.app.jobs import CANCELLED, DONE, FAILED, Job, JobQueue, QueueFull
+from aa.app.server import Form, Server
 from aa.app.uploads import Limits, check_file, check_image, unpack_zip
 from aa.sampling.pipeline import Settings, animate_iter
 from tests.helpers import tiny_animation_models
@@ -189,11 +191,12 @@ def test_upload_checks(tmp_path):
         unpack_zip("poses", tmp_path / "none.zip", tmp_path / "u5", limits)
 
 
-# ---------------------------------------------------------------------------------------------------- app.Server
+# ---------------------------------------------------------------------------------------------------- the Server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import app
-    s = app.Server(["--steps", "2", "--device", "cpu"], tmp_path_factory.mktemp("app"))
+    import sample
+    s = Server(sample.build_parser(), sample.check_args, ["--steps", "2", "--device", "cpu"],
+               tmp_path_factory.mktemp("app"))
     yield s
     s.close()
     assert not s.root.exists()
@@ -224,17 +227,15 @@ def test_server_defaults_come_from_sample_py(server):
 ])
 def test_bad_forms_are_refused_with_sample_py_messages(server, changes, message):
     """Every bad setting is a ValueError with a readable message (sample.py's own for its flags)."""
-    import app
     with pytest.raises(ValueError) as e:
-        server.check_form(app.Form(**changes))
+        server.check_form(Form(**changes))
     assert message in str(e.value)
 
 
 def test_uploads_outside_the_server_folder_are_refused(server, tmp_path):
     """A path the browser sends is used only if it lies in the server's own folder (where uploads land)."""
-    import app
     Image.new("RGB", (64, 64)).save(tmp_path / "elsewhere.png")
-    form = app.Form(reference=str(tmp_path / "elsewhere.png"))
+    form = Form(reference=str(tmp_path / "elsewhere.png"))
     with pytest.raises(ValueError, match="not uploaded to this page"):
         server.read_inputs(form, tmp_path)
     with pytest.raises(ValueError, match="not uploaded to this page"):
@@ -244,9 +245,8 @@ def test_uploads_outside_the_server_folder_are_refused(server, tmp_path):
 def test_a_job_from_form_to_session_and_cleanup(server):
     """A form becomes a job that reports progress through denoising and decoding, writes a video and a contact
     sheet, is served into its session's folder (the job folder removed), and ending the session removes them."""
-    import app
     from aa.io.video import video_info
-    job = server.queue.submit(app.Form(frames=4))
+    job = server.queue.submit(Form(frames=4))
     seen = set()
     while not job.wait(0.01):
         seen.add(job.phase)
@@ -263,8 +263,7 @@ def test_a_job_from_form_to_session_and_cleanup(server):
 def test_time_left_is_measured_from_the_start_of_each_phase(server, tmp_path):
     """While denoising and decoding, every estimate of the time left is positive until the phase is done: the rate
     is measured from the phase's start (a rate taken from its first report would be 0: "0 s left" at 1/500)."""
-    import app
-    job = Job(app.Form(frames=10, steps=3), tmp_path)  # 10 frames: two decode chunks of up to 8
+    job = Job(Form(frames=10, steps=3), tmp_path)  # 10 frames: two decode chunks of up to 8
     seen, report = [], job.report
 
     def recording(*args, **kwargs):
@@ -280,8 +279,7 @@ def test_time_left_is_measured_from_the_start_of_each_phase(server, tmp_path):
 
 def test_cancel_a_running_job_from_its_session(server):
     """Cancel from the session stops the running job at its next window; its folder is removed."""
-    import app
-    job = server.queue.submit(app.Form(frames=8, steps=200))
+    job = server.queue.submit(Form(frames=8, steps=200))
     server.current["session-b"] = job
     while job.phase != "denoising":
         time.sleep(0.01)
@@ -293,7 +291,6 @@ def test_cancel_a_running_job_from_its_session(server):
 
 def test_preview_renders_the_poses(server):
     """The preview shows up to 8 evenly spaced poses at the output size, side by side."""
-    import app
-    strip = server.preview(app.Form(frames=5))
+    strip = server.preview(Form(frames=5))
     assert strip.shape == (96, 5 * 96, 3) and strip.max() > 0
     assert list((server.root / "previews").iterdir()) == []

@@ -21,6 +21,7 @@ import train as train_script
 from aa.io.video import write_video
 from aa.models import config
 from aa.models.bundle import Models
+from aa.poses import inputs
 from aa.poses.keypoints import BODY_POINTS, Pose, load_json, save_json
 from aa.training.data import DataConfig, Entry, PoseVideoDataset, read_manifest
 from aa.weights.native import save_models
@@ -96,7 +97,7 @@ def test_openpose_folder_samples_with_and_without_a_size(files, tmp_path, monkey
         seen.extend(keypoints)
         raise ValueError("seen")  # no need to sample again
 
-    monkeypatch.setattr(sample, "load_poses", load_poses)
+    monkeypatch.setattr(inputs, "load_poses", load_poses)
     assert sample.main(run_sample(files, tmp_path, "--pose-size", "40x24", pose=tmp_path / "op")) == 2
     assert {(p.width, p.height) for p in seen} == {(40, 24)}
     seen.clear()

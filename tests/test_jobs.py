@@ -17,7 +17,7 @@ import sample
 from aa.io.video import video_info, write_video
 from aa.models import config
 from aa.models.bundle import Models
-from aa.sampling import jobs
+from aa.sampling import command, jobs
 from aa.weights.native import save_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def test_killed_run_resumes_with_only_the_missing_outputs(files, tmp_path, monke
 
     def no_loading(*_):
         raise AssertionError("weights loaded with nothing left to do")
-    monkeypatch.setattr(sample, "load_weights", no_loading)
+    monkeypatch.setattr(command, "load_weights", no_loading)
     assert sample.main(["--jobs", str(jobs_file), "--quiet", *common(files)]) == 0
 
 
@@ -109,7 +109,7 @@ def test_bad_jobs_file_is_one_error_before_the_weights_load(files, tmp_path, cap
 
     def no_loading(*_):
         raise AssertionError("weights loaded before the jobs file was checked")
-    monkeypatch.setattr(sample, "load_weights", no_loading)
+    monkeypatch.setattr(command, "load_weights", no_loading)
     assert sample.main(["--jobs", str(jobs_file), *common(files)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err, err

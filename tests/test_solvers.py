@@ -167,5 +167,6 @@ def test_unknown_scheduler_and_eta_are_refused(models):
 def test_sample_scheduler_flag_reaches_the_settings():
     """sample.py --scheduler sets Settings.scheduler; without it the sampler stays DDIM."""
     import sample
-    assert sample.sampling_settings(sample.parse_args(["--scheduler", "unipc"]), {}, torch.float32).scheduler == "unipc"
-    assert sample.sampling_settings(sample.parse_args([]), {}, torch.float32).scheduler == "ddim"
+    from aa.sampling.command import sampling_settings
+    assert sampling_settings(sample.parse_args(["--scheduler", "unipc"]), {}, torch.float32).scheduler == "unipc"
+    assert sampling_settings(sample.parse_args([]), {}, torch.float32).scheduler == "ddim"

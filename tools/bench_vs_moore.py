@@ -1,6 +1,7 @@
 """GPU evidence in one command: our `animate()` beside Moore-AnimateAnyone's own `Pose2VideoPipeline` on the same
 random weights in one process, then ours alone (peak memory per option beside the estimator's figure, eager vs
-`--compile`, real training steps at SD size). Results are appended to --out as JSON lines as they come.
+`--compile`, real training steps at SD size). Results are appended to --out as JSON lines as they come. Our side's
+measuring is aa/eval/speed.py, the parts' processes and the results file aa/eval/runs.py; Moore's side is here.
 
     python tools/bench_vs_moore.py --size full --moore-src .gpu/moore --side /tmp/side --out $OUT/results.jsonl
     python tools/bench_vs_moore.py --size tiny --device cpu --parts ours,memory,train --out /tmp/r.jsonl  # dry run
@@ -48,19 +49,13 @@ minutes on one H200 with the default budgets (at most their sum, 7.5 minutes, pl
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -69,150 +64,35 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from aa.eval.runs import Part, append, environment, summary
+from aa.eval.speed import (
+    OPTIONS,
+    Device,
+    Size,
+    eager_vs_compiled,
+    gib,
+    memory_peaks,
+    ours_alone,
+    pixel_difference,
+    random_inputs,
+    randomize,
+    train_config,
+    training_steps,
+)
+
 GOLDEN = ROOT / "tests" / "data" / "golden_moore"
 PARTS = ("moore", "ours", "memory", "compile", "train")
-OPTIONS = {"default": {}, "split-guidance": {"split_guidance": True}, "offload": {"offload": True},
-           "offload+split-guidance": {"offload": True, "split_guidance": True}}
-NA = "n/a on CPU"
-
-
-@dataclass(frozen=True)
-class Size:
-    """What one --size runs: the video of the comparison, and the training runs."""
-
-    model: str  # architecture of the ours-alone parts (aa.models.config.ARCHITECTURES)
-    frames: int
-    width: int
-    height: int
-    steps: int
-    window: int
-    overlap: int
-    repeats: int  # timed runs of each pipeline after the warm-up
-    memory_steps: int  # the peak does not grow with the steps: a few are enough
-    train: tuple[tuple[int, int, int], ...]  # (stage, batch, frames) per training run
-    train_size: tuple[int, int]  # (width, height)
-    train_iters: int
-    budgets: dict[str, int] = field(default_factory=dict)  # seconds per part
-
-
 SIZES = {
     "full": Size("sd15", 24, 512, 768, 20, 24, 4, repeats=2, memory_steps=3, train=((2, 1, 24), (1, 4, 1)),
-                 train_size=(512, 512), train_iters=3,
-                 budgets={"moore": 140, "ours": 40, "memory": 80, "compile": 120, "train": 70, "estimate": 200}),
+                 train_size=(512, 512), train_iters=3),
     # the golden's sizes (tools/make_golden_moore.py) for Moore's part, config.tiny() for ours alone
     "tiny": Size("tiny", 2, 32, 32, 1, 8, 2, repeats=2, memory_steps=1, train=((2, 1, 2), (1, 2, 1)),
-                 train_size=(32, 32), train_iters=1,
-                 budgets={"moore": 120, "ours": 60, "memory": 60, "compile": 300, "train": 60, "estimate": 60}),
+                 train_size=(32, 32), train_iters=1),
 }
-
-
-# ---------------------------------------------------------------------------------------------------- results
-def append(path: Path, record: dict) -> None:
-    """One JSON line appended with a single write (O_APPEND): lines from several processes never interleave."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps(record) + "\n").encode())
-    finally:
-        os.close(fd)
-
-
-def gib(nbytes: int | None) -> float | str:
-    return NA if nbytes is None else round(nbytes / 2**30, 3)
-
-
-class Device:
-    """Timing and memory on one device; memory figures are None off CUDA."""
-
-    def __init__(self, name: str) -> None:
-        self.device = torch.device(name)
-        self.cuda = self.device.type == "cuda"
-        self.dtype = torch.float16 if self.cuda else torch.float32  # the CPU runs fp32, as sample.py
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-
-    def allocated(self) -> int | None:
-        return torch.cuda.memory_allocated(self.device) if self.cuda else None
-
-    def reset_peak(self) -> None:
-        if self.cuda:
-            gc.collect()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def peak(self) -> int | None:
-        return torch.cuda.max_memory_allocated(self.device) if self.cuda else None
-
-    def reserved_peak(self) -> int | None:
-        return torch.cuda.max_memory_reserved(self.device) if self.cuda else None
-
-    def timed(self, fn) -> tuple[Any, float, int | None]:
-        """(fn(), seconds, peak bytes above what was allocated before)."""
-        base = self.allocated()
-        self.reset_peak()
-        self.sync()
-        t = time.perf_counter()
-        out = fn()
-        self.sync()
-        seconds = time.perf_counter() - t
-        return out, seconds, None if base is None else self.peak() - base
-
-
-def pixel_difference(a: np.ndarray, b: np.ndarray) -> dict:
-    """Largest and mean |a - b| of two uint8 videos, in 8-bit levels."""
-    d = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    return {"pixel_max": int(d.max()), "pixel_mean": round(float(d.mean()), 4)}
-
-
-# ---------------------------------------------------------------------------------------------------- inputs
-def inputs(frames: int, width: int, height: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A smooth random reference (uint8 (height, width, 3)) and pose-like frames: coloured bars on black that move
-    (uint8 (frames, height, width, 3))."""
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(1, 3, 6, 4, generator=g)
-    ref = torch.nn.functional.interpolate(low, size=(height, width), mode="bicubic", align_corners=False)[0]
-    ref = (ref.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    rng = np.random.default_rng(seed)
-    poses = np.zeros((frames, height, width, 3), np.uint8)
-    bars = [(rng.integers(0, height - 8), rng.integers(0, width // 2), rng.integers(64, 256, 3)) for _ in range(6)]
-    for i in range(frames):
-        for k, (y, x, colour) in enumerate(bars):
-            y0 = int((y + 2 * i * (k + 1)) % (height - 4))
-            poses[i, y0:y0 + 4, x:x + width // 3] = colour
-    return ref, poses
-
-
-@torch.no_grad()
-def randomize(models, seed: int = 0) -> None:
-    """Every parameter drawn afresh on its device, as tools/make_golden_moore.py's `randomize` draws them (weights
-    N(0, 1/fan_in), norm scales 1 + N(0, 0.2^2), biases N(0, 0.1^2); a fresh model's zero output layers would make the
-    temporal layers and the Pose Guider do nothing), rounded to fp16 so the fp16 files hold them exactly."""
-    for k, net in enumerate(models.modules().values()):
-        g = None
-        for name, p in net.named_parameters():
-            if g is None:
-                g = torch.Generator(p.device).manual_seed(seed + k)
-            r = torch.randn(p.shape, generator=g, device=p.device)
-            if p.ndim >= 2:
-                r = r / p[0].numel() ** 0.5
-            elif name.endswith("weight") and "norm" in name:
-                r = 1 + 0.2 * r
-            else:
-                r = 0.1 * r
-            p.copy_(r.half())
-
-
-def random_models(cfg, dev: Device):
-    """Our five networks with random weights, on the device in its dtype, readied as sample.py readies them."""
-    from aa.models.bundle import Models
-    from aa.sampling.plan import prepare_unet
-    with dev.device:
-        models = Models.build(cfg)
-    randomize(models)
-    models.to(dev.device, dev.dtype)
-    prepare_unet(models.unet, models.pose_guider)
-    return models
+BUDGETS = {  # seconds per part, per --size
+    "full": {"moore": 140, "ours": 40, "memory": 80, "compile": 120, "train": 70, "estimate": 200},
+    "tiny": {"moore": 120, "ours": 60, "memory": 60, "compile": 300, "train": 60, "estimate": 60},
+}
 
 
 # ---------------------------------------------------------------------------------------------------- weights
@@ -288,7 +168,7 @@ def part_moore(a: argparse.Namespace, size: Size, dev: Device, emit) -> None:
         t = time.perf_counter()
         write_release_weights(folder, cfg, width, dev)
         emit(result="weights written", folder=str(folder), seconds=round(time.perf_counter() - t, 1))
-    reference, poses = inputs(frames, width, height)
+    reference, poses = random_inputs(frames, width, height)
 
     base = dev.allocated()
     ours, _, _ = load_for_sampling(moore=folder, vae=folder / "vae", clip=folder / "image_encoder", cfg=cfg,
@@ -367,108 +247,6 @@ def part_moore(a: argparse.Namespace, size: Size, dev: Device, emit) -> None:
          **pixel_difference(videos["ours"], videos["moore"]), moore_missing_keys=missing)
 
 
-def part_ours(a: argparse.Namespace, size: Size, dev: Device, emit) -> None:
-    """Our pipeline alone, the release's settings at the comparison's size: a warm-up, then timed runs."""
-    from aa.models.config import ARCHITECTURES
-    from aa.sampling import pipeline
-    models = random_models(ARCHITECTURES[size.model](), dev)
-    reference, poses = inputs(size.frames, size.width, size.height)
-    settings = replace(pipeline.moore_settings(), steps=size.steps, guidance=3.5, window=size.window,
-                       overlap=size.overlap)
-
-    def run(steps: int) -> np.ndarray:
-        return pipeline.animate(models, reference, poses, replace(settings, steps=steps), width=size.width,
-                                height=size.height, seed=42, progress=False)
-    run(1)
-    runs = [dev.timed(lambda: run(size.steps)) for _ in range(size.repeats)]
-    emit(result="ours alone", model=size.model, frames=size.frames, width=size.width, height=size.height,
-         steps=size.steps, dtype=str(dev.dtype).removeprefix("torch."), seconds=[round(r[1], 3) for r in runs],
-         working_gib=gib(None if runs[0][2] is None else max(r[2] for r in runs)))
-
-
-def part_memory(a: argparse.Namespace, size: Size, dev: Device, emit) -> None:
-    """Our absolute peak (weights included) per memory option, as `sample.py` runs them."""
-    from aa.models.config import ARCHITECTURES
-    from aa.sampling import pipeline
-    models = random_models(ARCHITECTURES[size.model](), dev)
-    reference, poses = inputs(size.frames, size.width, size.height)
-    pipeline.animate(models, reference, poses[:size.window], pipeline.Settings(steps=1), width=size.width,
-                     height=size.height, progress=False)  # warm-up
-    for option, changes in OPTIONS.items():
-        models.to(dev.device)  # an --offload run leaves the encoders on the CPU; each run starts from all on device
-        settings = replace(pipeline.Settings(), steps=size.memory_steps, guidance=3.5, window=size.window,
-                           overlap=size.overlap, **changes)
-        dev.reset_peak()
-        _, seconds, _ = dev.timed(lambda s=settings: pipeline.animate(models, reference, poses, s, width=size.width,
-                                                                      height=size.height, progress=False))
-        emit(result="inference peak", option=option, frames=size.frames, width=size.width, height=size.height,
-             steps=size.memory_steps, peak_gib=gib(dev.peak()), reserved_peak_gib=gib(dev.reserved_peak()),
-             seconds=round(seconds, 3))
-
-
-def part_compile(a: argparse.Namespace, size: Size, dev: Device, emit) -> None:
-    """Eager vs the compiled UNet (`sample.py --compile`), our default settings at the comparison's size."""
-    import torch._dynamo.utils as dynamo_utils
-
-    from aa.models.config import ARCHITECTURES
-    from aa.sampling import pipeline
-    from aa.sampling.plan import prepare_unet
-    models = random_models(ARCHITECTURES[size.model](), dev)
-    reference, poses = inputs(size.frames, size.width, size.height)
-    settings = replace(pipeline.Settings(), steps=size.steps, guidance=3.5, window=size.window, overlap=size.overlap)
-
-    def run() -> np.ndarray:
-        return pipeline.animate(models, reference, poses, settings, width=size.width, height=size.height, seed=42,
-                                progress=False)
-    run()  # warm-up
-    eager = [dev.timed(run) for _ in range(size.repeats)]
-    emit(result="eager", seconds=[round(e[1], 3) for e in eager])
-    prepare_unet(models.unet, models.pose_guider, compile=True)
-    first = dev.timed(run)
-    compiled = [dev.timed(run) for _ in range(size.repeats)]
-    best_eager, best_compiled = min(e[1] for e in eager), min(c[1] for c in compiled)
-    counters = {k: dict(v) for k, v in dynamo_utils.counters.items() if k in ("stats", "recompiles", "graph_break")}
-    emit(result="compile", eager_s=[round(e[1], 3) for e in eager], first_compiled_run_s=round(first[1], 2),
-         compile_s=round(first[1] - best_eager, 2), compiled_s=[round(c[1], 3) for c in compiled],
-         speedup=round(best_eager / best_compiled, 3), **pixel_difference(eager[-1][0], compiled[-1][0]),
-         recompiles=sum(counters.get("recompiles", {}).values()),
-         graph_breaks=sum(counters.get("graph_break", {}).values()), dynamo=counters)
-
-
-def train_config(size: Size, stage: int, batch: int, frames: int):
-    """The training run measured: gradient checkpointing, bf16 autocast, frozen weights in bf16 (fused AdamW is
-    what the Trainer takes on CUDA); every sample conditional (the ReferenceNet runs for all: the worst case)."""
-    from aa.training.config import TrainConfig
-    return TrainConfig(model=size.model, stage=stage, batch_size=batch, frames=frames, width=size.train_size[0],
-                       height=size.train_size[1], gradient_checkpointing=True, mixed_precision="bf16",
-                       frozen_dtype="bf16", uncond_rate=0.0)
-
-
-def part_train(a: argparse.Namespace, size: Size, dev: Device, emit) -> None:
-    """Real training steps (`aa.training.loop.Trainer`) on random inputs shaped like the data's."""
-    from aa.eval.train_memory import batch, build
-    from aa.training.loop import Trainer
-    for stage, batch_size, frames in size.train:
-        cfg = train_config(size, stage, batch_size, frames)
-        dev.reset_peak()
-        models = build(cfg, dev.device)
-        trainer = Trainer(models, cfg, 1, dev.device)
-        times, loss = [], None
-        for k in range(size.train_iters):
-            micro = batch(cfg, models, dev.device, k)
-            dev.sync()
-            t = time.perf_counter()
-            loss = trainer.step(iter([micro]))
-            dev.sync()
-            times.append(time.perf_counter() - t)
-            del micro
-        emit(result="train peak", stage=stage, batch=batch_size, frames=cfg.clip_frames, width=cfg.width,
-             height=cfg.height, options="checkpointing bf16 frozen-bf16 fused", peak_gib=gib(dev.peak()),
-             reserved_peak_gib=gib(dev.reserved_peak()), step_s=[round(x, 3) for x in times], loss=loss)
-        del trainer, models
-        gc.collect()
-
-
 def part_estimate(a: argparse.Namespace, size: Size, dev: Device, emit) -> None:
     """The estimators' figures for the memory and train parts' runs (meta device: no device memory used)."""
     torch.set_num_threads(min(4, torch.get_num_threads()))  # leave the cores to the parts running beside
@@ -488,8 +266,8 @@ def part_estimate(a: argparse.Namespace, size: Size, dev: Device, emit) -> None:
                  **{f"{k.replace(' ', '_')}_gib": round(v, 3) for k, v in r.items()})
 
 
-RUNNERS = {"moore": part_moore, "ours": part_ours, "memory": part_memory, "compile": part_compile,
-           "train": part_train, "estimate": part_estimate}
+OURS = {"ours": ours_alone, "memory": memory_peaks, "compile": eager_vs_compiled, "train": training_steps}
+RUNNERS = {"moore": part_moore, "estimate": part_estimate}  # the parts that need this command's arguments
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -503,7 +281,10 @@ def child(a: argparse.Namespace) -> int:
     if a.child != "estimate":
         emit(result="device", name=torch.cuda.get_device_name(dev.device) if dev.cuda else "cpu",
              dtype=str(dev.dtype).removeprefix("torch."))
-    RUNNERS[a.child](a, size, dev, emit)
+    if a.child in OURS:
+        OURS[a.child](size, dev, emit)
+    else:
+        RUNNERS[a.child](a, size, dev, emit)
     return 0
 
 
@@ -519,80 +300,10 @@ def skip_reason(a: argparse.Namespace, part: str) -> str | None:
     return None
 
 
-class Part:
-    """A part running in a child process under its time limit; stderr kept for the reason of a failure."""
-
-    def __init__(self, a: argparse.Namespace, name: str, budget: float, logs: Path) -> None:
-        self.name, self.budget, self.start = name, budget, time.monotonic()
-        self.stderr = logs / f"{name}.stderr"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, *a.forward]
-        # TMPDIR: the weights a part writes (5 GB at full size) go with the command's temporary folder
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "TMPDIR": str(logs)}
-        with open(self.stderr, "w") as err:
-            self.proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                         start_new_session=True)  # its own group: killed with its workers
-
-    def finish(self) -> dict:
-        """Wait for the part within its budget (killing it past it); its status line."""
-        try:
-            code = self.proc.wait(timeout=max(0.0, self.budget - (time.monotonic() - self.start)))
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return self.status("timeout", f"past its budget of {self.budget:g} s")
-        if code == 0:
-            return self.status("ok", "")
-        lines = [x for x in self.stderr.read_text(errors="replace").splitlines() if x.strip()]
-        return self.status("error", f"exit code {code}: {lines[-1] if lines else 'no output'}")
-
-    def kill(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.proc.pid, sig)
-                self.proc.wait(timeout=10)
-                return
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
-
-    def status(self, status: str, reason: str) -> dict:
-        return {"part": self.name, "status": status, "reason": reason,
-                "seconds": round(time.monotonic() - self.start, 1)}
-
-
-def environment(a: argparse.Namespace) -> dict:
-    """Date, GPU (nvidia-smi's line, without touching CUDA here), torch and the commit."""
-    def run(cmd: list[str]) -> str | None:
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=ROOT, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return r.stdout.strip() or None if r.returncode == 0 else None
-    return {"part": "env", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "size": a.size,
-            "device": a.device, "parts": a.parts, "torch": torch.__version__, "python": sys.version.split()[0],
-            "gpu": run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]),
-            "commit": run(["git", "rev-parse", "--short", "HEAD"]),
-            "dirty": bool(run(["git", "status", "--porcelain", "--untracked-files=no"]))}
-
-
-def summary(out: Path) -> dict:
-    """The headline figures of the results file: the time ratio, each measured peak beside its estimate, compile."""
-    lines = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
-    found = lambda part, result: [r for r in lines if r.get("part") == part and r.get("result") == result]
-    s: dict[str, Any] = {"part": "summary"}
-    for r in found("moore", "comparison"):
-        s["ours_over_moore_time"] = r["ratio_median"]
-        s["working_gib"] = {"ours": r["ours_working_gib"], "moore": r["moore_working_gib"]}
-        s["pixel_max"] = r["pixel_max"]
-    estimates = {r["option"]: r["peak_gib"] for r in found("estimate", "inference estimate")}
-    s["inference_peak_gib"] = {r["option"]: {"measured": r["peak_gib"], "estimate": estimates.get(r["option"])}
-                               for r in found("memory", "inference peak")}
-    train = {(r["stage"], r["batch"], r["frames"]): r["total_gib"] for r in found("estimate", "train estimate")}
-    s["train_peak_gib"] = {f"stage {r['stage']} batch {r['batch']} frames {r['frames']}":
-                           {"measured": r["peak_gib"], "estimate": train.get((r["stage"], r["batch"], r["frames"]))}
-                           for r in found("train", "train peak")}
-    for r in found("compile", "compile"):
-        s["compile"] = {k: r[k] for k in ("compile_s", "speedup", "pixel_max", "recompiles", "graph_breaks")}
-    return s
+def start(a: argparse.Namespace, name: str, logs: Path) -> Part:
+    """This command running part `name` alone in a child process, under the part's budget."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, *a.forward]
+    return Part(name, cmd, a.budgets[name], logs, ROOT)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -613,16 +324,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the moore part")
     p.add_argument("--budget", action="append", default=[], metavar="PART=SECONDS",
                    help="time limit of one part (repeatable; defaults per --size: "
-                        + "; ".join(f"{k}: " + ", ".join(f"{p}={s}" for p, s in v.budgets.items())
-                                    for k, v in SIZES.items()) + ")")
-    p.add_argument("--child", choices=sorted(RUNNERS), help="internal: run one part in this process (the command "
-                                                            "runs each part so, under its budget)")
+                        + "; ".join(f"{k}: " + ", ".join(f"{p}={s}" for p, s in v.items())
+                                    for k, v in BUDGETS.items()) + ")")
+    p.add_argument("--child", choices=sorted([*OURS, *RUNNERS]),
+                   help="internal: run one part in this process (the command runs each part so, under its budget)")
     a = p.parse_args(argv)
     a.parts = [x.strip() for x in a.parts.split(",") if x.strip()]
     unknown = [x for x in a.parts if x not in PARTS]
     if unknown:
         p.error(f"--parts: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
-    a.budgets = dict(SIZES[a.size].budgets)
+    a.budgets = dict(BUDGETS[a.size])
     for item in a.budget:
         name, _, seconds = item.partition("=")
         if name not in a.budgets or not seconds.replace(".", "", 1).isdigit():
@@ -644,18 +355,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.child:
         return child(a)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    append(a.out, environment(a))
+    append(a.out, environment(ROOT, size=a.size, device=a.device, parts=a.parts))
     statuses = []
     with tempfile.TemporaryDirectory() as logs:
         log_dir = Path(logs)
         needs_estimate = "memory" in a.parts or "train" in a.parts
-        background = Part(a, "estimate", a.budgets["estimate"], log_dir) if needs_estimate else None
+        background = start(a, "estimate", log_dir) if needs_estimate else None
         for name in a.parts:
             reason = skip_reason(a, name)
             if reason is not None:
                 status = {"part": name, "status": "skipped", "reason": reason, "seconds": 0.0}
             else:
-                part = Part(a, name, a.budgets[name], log_dir)
+                part = start(a, name, log_dir)
                 status = part.finish()
                 with open(a.out.with_suffix(".log"), "a") as log:  # every part's output, for a failure's details
                     log.write(f"==== {name}: {status['status']} {status['reason']}\n{part.stderr.read_text()}")

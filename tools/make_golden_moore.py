@@ -62,6 +62,7 @@ from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from aa.eval.speed import draw_parameter  # noqa: E402
 from aa.models.config import (  # noqa: E402
     CLIPVisionConfig,
     ModelConfig,
@@ -110,13 +111,7 @@ def randomize(module: torch.nn.Module, seed: int, fp16: bool = False) -> None:
     modules' sinusoid) are kept. `fp16`: values rounded to fp16 (the model stays fp32)."""
     g = torch.Generator().manual_seed(seed)
     for name, p in module.named_parameters():
-        r = torch.randn(p.shape, generator=g)
-        if p.ndim >= 2:
-            r = r / p[0].numel() ** 0.5
-        elif name.endswith("weight") and "norm" in name:
-            r = 1 + 0.2 * r
-        else:
-            r = 0.1 * r
+        r = draw_parameter(name, p.shape, g)
         p.copy_(r.half() if fp16 else r)  # fp16-representable values: stored as fp16 without loss
 
 

@@ -110,6 +110,14 @@ def check_distinct(outputs: dict[str, Path | None]) -> None:
         seen[key] = flag
 
 
+def make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; returns those it created, outermost first (to remove them again
+    when writing into them fails)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
 def write_failure(path: Path, error: Exception) -> str:
     """One line for a failed write: what, why, and how much room is left where it was written."""
     try:

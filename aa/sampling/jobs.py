@@ -18,12 +18,23 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aa.io.cli import Stopped
+from aa.io.cli import Stopped, check_device
+from aa.sampling import command
+
+if TYPE_CHECKING:
+    import torch
+
+    from aa.models.bundle import Models
 
 EXIT_FAILED = 1  # some jobs failed (the others were written); a bad jobs file is the command's usage error (2)
 GATHER_TIMEOUT = datetime.timedelta(days=7)  # processes with fewer jobs wait this long for the others at the end
+# The flags a line of a jobs file may set (the others, weights and device, are the process's), and those it must.
+PER_JOB = ("ref", "pose", "pose-size", "fit", "extract", "align", "ref-pose", "face", "no-hands", "out", "side-by-side",
+           "sheet", "fps", "frames", "width", "height", "steps", "guidance", "seed", "window", "overlap", "blend",
+           "shift-windows", "scheduler")
+JOB_REQUIRED = ("ref", "pose", "out")
 
 
 class JobsError(ValueError):
@@ -110,6 +121,20 @@ def read_jobs(path: Path, base: argparse.Namespace, parser: argparse.ArgumentPar
     return jobs
 
 
+def job_outputs(args: argparse.Namespace) -> list[Path]:
+    """The files one run writes, the video first."""
+    return [p for p in (args.out, args.side_by_side, args.sheet) if p is not None]
+
+
+def load_for_jobs(args: argparse.Namespace) -> tuple[Models, dict, tuple[int, int], torch.dtype]:
+    """`command.load_weights`, and the UNet readied for the device (compiled once for all the jobs of the
+    process)."""
+    from aa.sampling.plan import prepare_unet
+    loaded = command.load_weights(args, check_device(args.device))
+    prepare_unet(loaded[0].unet, loaded[0].pose_guider, compile=args.compile)
+    return loaded
+
+
 def share(jobs: list[Job], rank: int, world: int) -> list[Job]:
     """This process's jobs: job i goes to process i % world."""
     return [j for j in jobs if j.index % world == rank]
@@ -185,15 +210,15 @@ def device_for(name: str | None, local_rank: int, world: int) -> str:
     return f"cuda:{local_rank}" if name == "cuda" and world > 1 else name
 
 
-def main(args: argparse.Namespace, parser: argparse.ArgumentParser, per_job: Iterable[str], required: Iterable[str],
-         check: Callable[[argparse.Namespace], object], outputs: Callable[[argparse.Namespace], list[Path]],
-         load: Callable[[argparse.Namespace], Any], run: Callable[[argparse.Namespace, list[Path], Any], None],
-         quiet: bool = False) -> int:
-    """Read and check `args.jobs`, run this process's share, report every process's failures (rank 0) and return
-    the exit code: 0, or EXIT_FAILED if any job failed. A bad jobs file raises JobsError before any weights load."""
+def main(args: argparse.Namespace, parser: argparse.ArgumentParser, check: Callable[[argparse.Namespace], object],
+         run: Callable[[argparse.Namespace, list[Path], Any], None], quiet: bool = False) -> int:
+    """Read and check `args.jobs` (each job's arguments: `parser`'s, checked by `check`), run this process's share
+    (`run(args, written, loaded)` per job, the weights loaded once by `load_for_jobs`), report every process's
+    failures (rank 0) and return the exit code: 0, or EXIT_FAILED if any job failed. A bad jobs file raises
+    JobsError before any weights load."""
     rank, world, local = process_group()
     args.device = device_for(args.device, local, world)
-    jobs = read_jobs(args.jobs, args, parser, per_job, required, check, outputs)
+    jobs = read_jobs(args.jobs, args, parser, PER_JOB, JOB_REQUIRED, check, job_outputs)
     mine = share(jobs, rank, world)
     prefix = f"[rank {rank}] " if world > 1 else ""
 
@@ -202,7 +227,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser, per_job: Ite
             print(prefix + message, flush=True)
 
     log(f"{len(mine)} of {len(jobs)} jobs here")
-    failures = gather(run_jobs(mine, load, run, outputs, log), world)
+    failures = gather(run_jobs(mine, load_for_jobs, run, job_outputs, log), world)
     if world > 1:
         import torch.distributed as dist
         dist.destroy_process_group()
