@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from aa.eval import benchmark
+from aa.eval import benchmark, metrics
 from aa.io.video import read_video
 from aa.models.bundle import Models
 from aa.models.config import tiny
@@ -201,3 +201,28 @@ def test_eval_command_reports_the_hue_probe_and_part_colours(bench: dict[str, Pa
     assert set(rows) == {*benchmark.SPLITS, *[f"{s}@90" for s in benchmark.SPLITS], "overall"}
     assert all(math.isfinite(rows[s]["part_de"]) and rows[s]["part_de"] > 0 for s in rows)
     assert (out / "sheet_test_chars@90.png").is_file() and "part ΔE" in (out / "results.md").read_text()
+    with Image.open(out / "sheet_hue_probe.png") as sheet, Image.open(out / "sheet_test_chars.png") as one:
+        assert sheet.size == (one.size[0], 2 * one.size[1])  # the first clip at 0 and at 90 degrees
+
+
+def test_autoencoded_truth_is_the_vae_round_trip_of_the_true_frames(bench: dict[str, Path], tmp_path: Path) -> None:
+    """`autoencode:FOLDER` scores the true frames encoded (posterior mean) and decoded by FOLDER's VAE, whatever the
+    reference and poses; with --vae the decoder is that file's. A wrong spec is a usage error."""
+    clip = benchmark.read_split(bench["data"], "test_chars")[0]
+    vae = load_models(bench["model"])[0].vae.float()
+    with torch.no_grad():
+        x = torch.from_numpy(clip.truth).permute(0, 3, 1, 2).float() / 127.5 - 1
+        y = vae.decode(vae.encode(x))
+    expected = ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    row = benchmark.autoencoded(bench["model"], "cpu")
+    assert np.array_equal(row(clip.truth), expected)
+    records, _ = benchmark.evaluate({"ae": row}, [clip], seed=0, progress=False)
+    truth_psnr = records[0]["metrics"]["ae"]["psnr"]
+    assert truth_psnr == pytest.approx(metrics.all_metrics(expected, clip.truth)["psnr"])
+    torch.manual_seed(1)
+    save(with_new_decoder(vae, (8, 16, 16, 24), 2), tmp_path)
+    other = benchmark.autoencoded(bench["model"], "cpu", benchmark.load_decoder(tmp_path / "vae.safetensors", "cpu"))
+    assert not np.array_equal(other(clip.truth), expected)
+    results = evaluation.main(["--data", str(bench["data"]), "--out", str(tmp_path / "out"), "--quiet",
+                               "--method", f"floor=autoencode:{bench['model']}"])
+    assert results["summary"]["floor"]["test_chars"]["psnr"] == pytest.approx(truth_psnr)

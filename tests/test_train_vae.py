@@ -131,3 +131,44 @@ def test_widened_decoder_computes_the_same_function_and_can_train_apart() -> Non
     assert not torch.allclose(conv[0], conv[1])
     torch.testing.assert_close(conv[0].view(conv.shape[1] // 2, 2, 3, 3).sum(1),
                                vae.decoder.mid_block.resnets[0].conv1.weight[0])
+
+
+def test_recolour_transforms_whole_frames_independently_and_p0_draws_nothing() -> None:
+    """p = 0 returns the frames themselves and leaves the generator untouched (runs without the flag are unchanged);
+    p = 1 gives every frame a transform that is one function of the colour (equal pixels stay equal within a
+    frame) and different frames different transforms; the input is never written."""
+    frames = np.zeros((4, 8, 8, 3), np.uint8)
+    frames[:, :4] = (200, 40, 40)
+    frames[:, 4:] = (40, 160, 60)
+    rng = np.random.default_rng(0)
+    assert vae_training.recolour(frames, rng, 0.0) is frames
+    assert rng.integers(1 << 30) == np.random.default_rng(0).integers(1 << 30)
+    before = frames.copy()
+    out = vae_training.recolour(frames, np.random.default_rng(1), 1.0)
+    assert np.array_equal(frames, before)
+    for f in out:  # one colour per half: the transform depends on the colour only
+        assert len(np.unique(f[:4].reshape(-1, 3), axis=0)) == 1 and len(np.unique(f[4:].reshape(-1, 3), axis=0)) == 1
+    assert len({tuple(f[0, 0]) for f in out}) == len(out)  # every frame its own transform
+    assert not np.array_equal(out[:, 0, 0], frames[:, 0, 0])
+
+
+@pytest.mark.parametrize("decoder_only", [False, True])
+def test_colour_augmented_training_runs_and_bad_probabilities_are_refused(tmp_path: Path, decoder_only: bool,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """--colour-augment trains both ways (decoder-only encodes the recoloured frames at each step: the encoder
+    stays bit-identical) and a probability outside [0, 1] is an argparse error."""
+    write_dataset(tmp_path / "data", 32, 32, train_characters=1, val_characters=1, test_characters=1,
+                  clips_per_character=1, frames=4, progress=False)
+    torch.manual_seed(0)
+    save_native(AutoencoderKL(config.tiny().vae), tmp_path / "start.safetensors")
+    argv = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--model", "tiny", "--steps", "2",
+            "--batch-size", "2", "--crop", "16", "--every", "1", "--eval-every", "2"]
+    if decoder_only:
+        argv += ["--init", str(tmp_path / "start.safetensors"), "--decoder-only"]
+    with pytest.raises(SystemExit):
+        train_vae.main([*argv, "--colour-augment", "1.5"])
+    assert "--colour-augment" in capsys.readouterr().err
+    train_vae.main([*argv, "--colour-augment", "1"])
+    start, end = load_file(tmp_path / "start.safetensors"), load_file(tmp_path / "run" / "vae.safetensors")
+    encoder = [k for k in start if k.startswith(("encoder.", "quant_conv."))]
+    assert all(torch.equal(start[k], end[k]) for k in encoder) == decoder_only

@@ -4,15 +4,18 @@ PSNR/SSIM on the character alone (its box in each frame, from the dataset, grown
     python tools/eval.py --data data/synth --method full=runs/full --method no-ref=runs/noref \\
         --method copy=copy-reference --steps 20 --out eval/
 
-A method is NAME=FOLDER: FOLDER is a native checkpoint folder (train.py's) or `copy-reference` (the baseline: the
-reference image repeated in every frame). Every method sees the same inputs for a clip: the character's reference
-image from the manifest (characters/NNNN.png: the character in a neutral pose, not a frame of the clip, so even a
-perfect model must move it), the clip's keypoints rendered at the video size as training renders them (hands on, face
-off: `aa.training.data.DataConfig`), and the same seed (the base seed plus the clip's position in its split).
+A method is NAME=FOLDER: FOLDER is a native checkpoint folder (train.py's), `copy-reference` (the baseline: the
+reference image repeated in every frame) or `autoencode:FOLDER` (not a method but the ceiling of every model in
+FOLDER's latent space: the ground truth encoded and decoded by its VAE, or by --vae's decoder when given). Every
+method sees the same inputs for a clip: the character's reference image from the manifest (characters/NNNN.png: the
+character in a neutral pose, not a frame of the clip, so even a perfect model must move it), the clip's keypoints
+rendered at the video size as training renders them (hands on, face off: `aa.training.data.DataConfig`), and the
+same seed (the base seed plus the clip's position in its split).
 
 Writes to --out: results.json (settings, per-clip and summary metrics), results.md (the summary table: method x
 split, plus overall = the mean over every clip), and sheet_<split>.png (for the first clips: poses, reference |
-ground truth, one row per method, at a few evenly spaced frames). Metric definitions: aa/eval/metrics.py.
+ground truth, one row per method, at a few evenly spaced frames); with --hue-probe also sheet_hue_probe.png: the
+first clip of the first split at every angle. Metric definitions: aa/eval/metrics.py.
 """
 from __future__ import annotations
 
@@ -27,10 +30,13 @@ if __package__ in (None, ""):  # run as `python tools/eval.py`: make the reposit
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aa.eval.benchmark import (  # noqa: E402
+    AUTOENCODE,
     COPY_REFERENCE,
     LEGEND,
     SPLITS,
+    Autoencoded,
     Method,
+    autoencoded,
     contact_sheet,
     copy_reference,
     evaluate,
@@ -48,8 +54,8 @@ def parse_method(text: str) -> tuple[str, str]:
     """'NAME=FOLDER' -> (NAME, FOLDER)."""
     name, sep, spec = text.partition("=")
     if not sep or not name or not spec:
-        raise argparse.ArgumentTypeError(f"expected NAME=FOLDER (a checkpoint folder or {COPY_REFERENCE}), "
-                                         f"got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME=FOLDER (a checkpoint folder, {COPY_REFERENCE} or "
+                                         f"{AUTOENCODE}FOLDER), got {text!r}")
     return name, spec
 
 
@@ -96,12 +102,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     """Score every method on every clip, write results.json, results.md and the sheets, print the table."""
     args = parse_args(argv)
-    methods: dict[str, Method] = {}
+    methods: dict[str, Method | Autoencoded] = {}
     described: dict[str, dict] = {}
     vae = load_decoder(args.vae, args.device) if args.vae else None
     for name, spec in args.method:
         if spec == COPY_REFERENCE:
             methods[name], described[name] = copy_reference, {"spec": spec}
+        elif spec.startswith(AUTOENCODE):
+            methods[name] = autoencoded(Path(spec[len(AUTOENCODE):]), args.device, vae)
+            described[name] = {"spec": spec}
         else:
             methods[name], settings = model_method(Path(spec), args.steps, args.guidance, args.window, args.device,
                                                    vae, args.scheduler)
@@ -125,6 +134,10 @@ def main(argv: list[str] | None = None) -> dict:
             frames = {m: [o[c.split, c.index] for c in shown] for m, o in outputs.items()}
             sheet = contact_sheet(shown, frames, args.sheet_frames)
             sheet.save(args.out / f"sheet_{split}.png")
+    probed = [c for c in clips if c.split.partition("@")[0] == args.splits[0] and c.index == 0]
+    if args.hue_probe and args.sheet_clips and probed:  # one clip at every angle: do the colours follow?
+        frames = {m: [o[c.split, c.index] for c in probed] for m, o in outputs.items()}
+        contact_sheet(probed, frames, args.sheet_frames).save(args.out / "sheet_hue_probe.png")
     print(table, end="")
     print(f"wrote {args.out}/results.json, results.md and sheet_<split>.png")
     return results

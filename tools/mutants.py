@@ -200,6 +200,21 @@ MUTATIONS = [
              "        d = x0\n    return ratio * x + c * d, History((x0,), (ab_s,))", ("tests/test_solvers.py",)),
     Mutation("flag-scheduler-ignored", "aa/sampling/command.py", "scheduler=args.scheduler,", "scheduler=None,",
              ("tests/test_solvers.py",)),
+    # colour: the augmentation must recolour reference and targets alike, the VAE's frames each on its own; the
+    # hue probe must turn the truth with the reference; a part's error reads that part's pixels only
+    Mutation("colour-augment-spares-reference", "aa/training/data.py",
+             "frames = random_colour_transform(rng).apply(frames)",
+             "frames = np.concatenate([random_colour_transform(rng).apply(frames[:-1]), frames[-1:]])",
+             ("tests/test_colour.py",)),
+    Mutation("vae-recolour-one-transform", "aa/training/vae.py",
+             "out[i] = random_colour_transform(rng).apply(frames[i])",
+             "out[i] = random_colour_transform(np.random.default_rng(0)).apply(frames[i])", VAE),
+    Mutation("hue-probe-truth-unturned", "aa/eval/benchmark.py", "truth=hue_rotate(c.truth, a))", "truth=c.truth)",
+             ("tests/test_eval.py",)),
+    Mutation("autoencode-not-the-truth", "aa/eval/benchmark.py", "frames = method(clip.truth)",
+             "frames = method(clip.poses)", ("tests/test_eval.py",)),
+    Mutation("part-mask-inverted", "aa/eval/colour.py", "mask = labels == PARTS[part]",
+             "mask = labels != PARTS[part]", ("tests/test_colour.py",)),
 ]
 
 

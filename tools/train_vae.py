@@ -7,6 +7,8 @@
         --decoder-only --decoder-channels 32,128,128 --decoder-layers 2 --crop 32   # a new, wider decoder
     python tools/train_vae.py --data data/synth data/synth-extra --out runs/vae-wide --channels 64,128,128 \
         --crop 32 --lr 1e-3                             # a fresh, wider VAE on two datasets: a new latent space
+    python tools/train_vae.py --data data/synth data/synth-many --out runs/vae-colour --decoder-only \
+        --init weights/demo/vae.safetensors --colour-augment 0.8 --l1 0    # a decoder for colours never trained on
 
 Stable Diffusion's VAE was trained with perceptual and adversarial losses (LDM, Rombach et al. 2022, sec. 3); at
 this scale plain L1 + MSE reconstruction with a small KL term (weight 1e-6, as LDM) is enough for flat synthetic
@@ -17,9 +19,11 @@ with --decoder-channels/--decoder-layers the decoder is a new one of that size, 
 tools/pack_vae_decoder.py --config), and with --widen-decoder K the old decoder made K times as wide. --channels/
 --layers size a fresh VAE (a new latent space: every network must be trained again on it; `train.py --vae` reads
 its architecture from the vae_config.json beside it). Decoder-only runs encode every training frame once and train
-on crops of the whole-frame latents. Writes `vae.safetensors` (our names, fp32, loadable by aa.weights.load_vae)
-and `vae_config.json` (its architecture), and prints validation PSNR, and the held-out reconstruction PSNR/SSIM
-on `--eval-split` before and after.
+on crops of the whole-frame latents; with --colour-augment P each frame is recoloured with probability P (a random
+hue turn, channel permutation, saturation and brightness) and encoded at its step instead: a decoder fine-tuned on a
+few hundred characters otherwise learns their palettes and shifts the colours of new ones. Writes
+`vae.safetensors` (our names, fp32, loadable by aa.weights.load_vae) and `vae_config.json` (its architecture), and
+prints validation PSNR, and the held-out reconstruction PSNR/SSIM on `--eval-split` before and after.
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ from aa.training.vae import (  # noqa: E402
     encode_moments,
     latent_crop,
     load_frames,
+    recolour,
     reconstruction,
     save,
     to_tensor,
@@ -102,6 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-split", default="test_chars", help="split for the before/after reconstruction scores")
     p.add_argument("--eval-every", type=int, default=4, help="score every N-th frame of --eval-split's videos")
     p.add_argument("--val-every", type=int, default=100, help="score the validation frames and save every N steps")
+    p.add_argument("--colour-augment", type=float, default=0.0, metavar="P",
+                   help="probability that a training frame gets a random colour transform (hue turn, channel "
+                        "permutation, saturation, brightness: aa.training.augment), so the VAE learns to carry "
+                        "every colour, not only the training characters' (0: off)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     args = p.parse_args(argv)
 
@@ -113,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
                                            or args.decoder_channels or args.decoder_layers is not None):
         p.error("--widen-decoder K (K >= 2) widens --init's decoder: it needs --decoder-only and excludes "
                 "--decoder-channels/--decoder-layers")
+    if not 0 <= args.colour_augment <= 1:
+        p.error(f"--colour-augment is a probability in [0, 1], got {args.colour_augment}")
     if args.crop % 8 or args.crop < 8:
         p.error(f"--crop must be a positive multiple of 8, got {args.crop}")
     preset = config.ARCHITECTURES[args.model]().vae
@@ -152,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
         params = decoder_parameters(vae)
-    if args.decoder_only:  # the encoder is frozen: encode every frame (and its mirror image) once, whole
+    cached = args.decoder_only and not args.colour_augment  # recoloured frames must be encoded at each step
+    if cached:  # the encoder is frozen: encode every frame (and its mirror image) once, whole
         mirrored = np.ascontiguousarray(train[:, :, ::-1])
         moments = {False: encode_moments(vae, train), True: encode_moments(vae, mirrored)}
     before = reconstruction(vae, held_out)
@@ -167,14 +179,21 @@ def main(argv: list[str] | None = None) -> None:
     t0, score = time.time(), math.nan
     for step in bar:
         idx = rng.integers(0, len(train), args.batch_size)
-        if args.decoder_only:  # a crop of the whole frame's cached latent, on the latent grid, and its pixels
+        if cached:  # a crop of the whole frame's cached latent, on the latent grid, and its pixels
             c = args.crop // vae.downscale
             y0, x0 = (int(rng.integers(0, n // vae.downscale - c + 1)) for n in train.shape[1:3])
             mirror = bool(rng.random() < 0.5)
             x, z = latent_crop(mirrored if mirror else train, moments[mirror], idx, y0, x0, c)
+        elif args.decoder_only:  # the same from whole recoloured frames, encoded now by the frozen encoder
+            frames = recolour(train[idx], rng, args.colour_augment)
+            c = args.crop // vae.downscale
+            y0, x0 = (int(rng.integers(0, n // vae.downscale - c + 1)) for n in train.shape[1:3])
+            if rng.random() < 0.5:
+                frames = np.ascontiguousarray(frames[:, :, ::-1])
+            x, z = latent_crop(frames, encode_moments(vae, frames, progress=False), np.arange(len(idx)), y0, x0, c)
         else:
             y0, x0 = rng.integers(0, train.shape[1] - args.crop + 1), rng.integers(0, train.shape[2] - args.crop + 1)
-            x = to_tensor(train[idx, y0:y0 + args.crop, x0:x0 + args.crop])
+            x = to_tensor(recolour(train[idx], rng, args.colour_augment)[:, y0:y0 + args.crop, x0:x0 + args.crop])
             if rng.random() < 0.5:
                 x = x.flip(-1)
             q = vae.posterior(x)

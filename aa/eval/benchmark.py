@@ -35,6 +35,9 @@ SPLITS = ("test_chars", "test_motions")
 COPY_REFERENCE = "copy-reference"
 
 
+AUTOENCODE = "autoencode:"  # "autoencode:FOLDER": the ground truth through FOLDER's VAE (class Autoencoded)
+
+
 NOT_SAMPLING = {"width", "height"}  # recorded with a checkpoint, but not sampling settings
 
 
@@ -124,6 +127,33 @@ def copy_reference(reference: np.ndarray, poses: np.ndarray, seed: int) -> np.nd
     return np.repeat(reference[None], len(poses), axis=0)
 
 
+@dataclass(frozen=True)
+class Autoencoded:
+    """Not a method but the ceiling of every method in one latent space: each true frame encoded (posterior mean)
+    and decoded by a VAE, rounded to uint8 as a saved video is. A model that samples in that latent space can at
+    best reproduce these frames, so this row says how much of a model's error is the VAE's (its blur costs colour
+    too: a thin part's mean colour mixes with its neighbours'). Called with the clip's true frames."""
+
+    vae: AutoencoderKL
+    batch: int = 16
+
+    @torch.no_grad()
+    def __call__(self, truth: np.ndarray) -> np.ndarray:
+        p = next(self.vae.parameters())
+        out = []
+        for x in torch.from_numpy(np.ascontiguousarray(truth)).split(self.batch):
+            y = self.vae(x.permute(0, 3, 1, 2).to(p) / 127.5 - 1)  # (n, 3, h, w) in about [-1, 1]
+            out.append(((y.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
+        return torch.cat(out).numpy()
+
+
+def autoencoded(folder: Path, device: str, vae: AutoencoderKL | None = None) -> Autoencoded:
+    """The `autoencode:FOLDER` row: FOLDER's VAE (fp32 on the CPU), its decoder replaced by `vae` if given."""
+    models, _ = load_models(folder, dtype=torch.float32 if torch.device(device).type == "cpu" else None,
+                            device=device)
+    return Autoencoded((with_decoder(models, vae, folder) if vae is not None else models).vae)
+
+
 def model_settings(recorded: dict, steps: int | None, guidance: float | None, window: int | None,
                    folder: Path, scheduler: str | None = None) -> Settings:
     """Settings from a checkpoint's recorded sampling (prediction, schedule, reference, ...) and the flags.
@@ -185,15 +215,19 @@ def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
             for k in [*metrics.METRICS, *REGION_METRICS, *COLOUR_METRICS]}
 
 
-def evaluate(methods: dict[str, Method], clips: list[Clip], seed: int, keep: int = 0, progress: bool = True,
-             region_margin: int = 4) -> tuple[list[dict], dict[str, dict[tuple[str, int], np.ndarray]]]:
+def evaluate(methods: dict[str, Method | Autoencoded], clips: list[Clip], seed: int, keep: int = 0,
+             progress: bool = True, region_margin: int = 4,
+             ) -> tuple[list[dict], dict[str, dict[tuple[str, int], np.ndarray]]]:
     """Run every method on every clip: per-clip records, and each method's frames of the first `keep` clips of
     every split (for the contact sheets), by (split, index). Region metrics grow the boxes by `region_margin`."""
     records, outputs = [], {name: {} for name in methods}
     for clip in tqdm(clips, desc="clips", unit="clip", disable=not progress):
         scores = {}
         for name, method in methods.items():
-            frames = method(clip.reference, clip.poses, seed + clip.index)
+            if isinstance(method, Autoencoded):
+                frames = method(clip.truth)
+            else:
+                frames = method(clip.reference, clip.poses, seed + clip.index)
             assert frames.shape == clip.truth.shape, f"{name}: got {frames.shape}, expected {clip.truth.shape}"
             scores[name] = metrics.all_metrics(frames, clip.truth)
             if clip.boxes is not None:

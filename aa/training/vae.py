@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from aa.eval.metrics import psnr_frames, ssim_frames
 from aa.io.video import read_video
 from aa.models.vae import AutoencoderKL
+from aa.training.augment import random_colour_transform
 from aa.weights.sd import save_native
 
 
@@ -80,12 +81,25 @@ def widen_decoder(vae: AutoencoderKL, factor: int, generator: torch.Generator | 
     return new
 
 
+def recolour(frames: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
+    """Each of the (n, h, w, 3) uint8 frames given its own random colour transform with probability p
+    (aa.training.augment), so the VAE learns colours the training characters never wore. p = 0 returns `frames`
+    and draws nothing from `rng` (a run without augmentation is the same as before it existed)."""
+    if not p:
+        return frames
+    out = frames.copy()
+    for i in np.flatnonzero(rng.uniform(size=len(frames)) < p):
+        out[i] = random_colour_transform(rng).apply(frames[i])
+    return out
+
+
 @torch.no_grad()
-def encode_moments(vae: AutoencoderKL, frames: np.ndarray, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_moments(vae: AutoencoderKL, frames: np.ndarray, batch: int = 64,
+                   progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen encoder's posterior mean and std of every (n, h, w, 3) uint8 frame, each (n, latent, h/f, w/f):
     computed once, so decoder-only training never runs the encoder again."""
     mean, std = [], []
-    for x in tqdm(to_tensor(frames).split(batch), desc="encode", leave=False):
+    for x in tqdm(to_tensor(frames).split(batch), desc="encode", leave=False, disable=not progress):
         q = vae.posterior(x)
         mean.append(q.mean)
         std.append(q.std)
