@@ -45,3 +45,23 @@ def golden_sd_configs() -> tuple[UNetConfig, VAEConfig]:
         meta = f.metadata()
     tuples = lambda d: {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}  # noqa: E731
     return UNetConfig(**tuples(json.loads(meta["unet"]))), VAEConfig(**tuples(json.loads(meta["vae"])))
+
+
+def write_tiny_inputs(root: Path, size: int, ref_hw: tuple[int, int], fps: int) -> Path:
+    """A command's inputs under `root`: tiny random native weights (`native/`, recorded size `size` x `size`), a
+    random reference image `ref.png` of (height, width) `ref_hw` and a 3-frame random pose video `pose.mp4`."""
+    import numpy as np
+    from PIL import Image
+
+    from aa.io.video import write_video
+    from aa.models import config
+    from aa.models.bundle import Models
+    from aa.weights.native import save_models
+
+    torch.manual_seed(0)
+    save_models(Models.build(config.tiny()), root / "native", {"prediction": "v", "width": size, "height": size})
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (*ref_hw, 3), dtype=np.uint8)).save(root / "ref.png")
+    write_video(root / "pose.mp4", rng.integers(0, 256, (3, size, size, 3), dtype=np.uint8), fps=fps)
+    return root
+

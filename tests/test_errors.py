@@ -19,12 +19,10 @@ from PIL import Image
 import sample
 import train as train_script
 from aa.io.video import write_video
-from aa.models import config
-from aa.models.bundle import Models
 from aa.poses import inputs
 from aa.poses.keypoints import BODY_POINTS, Pose, load_json, save_json
 from aa.training.data import DataConfig, Entry, PoseVideoDataset, read_manifest
-from aa.weights.native import save_models
+from tests.helpers import write_tiny_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 W = H = 32  # the tiny model's size factor is 16 (VAE 8x, UNet 2x)
@@ -33,13 +31,7 @@ W = H = 32  # the tiny model's size factor is 16 (VAE 8x, UNet 2x)
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
     """Tiny native weights (recorded size 32x32), a 40x24 reference image, a 3-frame pose video."""
-    root = tmp_path_factory.mktemp("errors")
-    torch.manual_seed(0)
-    save_models(Models.build(config.tiny()), root / "native", {"prediction": "v", "width": W, "height": H})
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(root / "ref.png")
-    write_video(root / "pose.mp4", rng.integers(0, 256, (3, H, W, 3), dtype=np.uint8), fps=10)
-    return root
+    return write_tiny_inputs(tmp_path_factory.mktemp("errors"), W, (24, 40), fps=10)
 
 
 def openpose_frame(body25: np.ndarray) -> dict:

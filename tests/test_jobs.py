@@ -8,17 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 import sample
-from aa.io.video import video_info, write_video
-from aa.models import config
-from aa.models.bundle import Models
+from aa.io.video import video_info
 from aa.sampling import command, jobs
-from aa.weights.native import save_models
+from tests.helpers import write_tiny_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 W = H = 32
@@ -27,12 +22,7 @@ W = H = 32
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
     """Tiny random weights as a native folder, a reference image, a pose video and a broken one."""
-    root = tmp_path_factory.mktemp("jobs")
-    torch.manual_seed(0)
-    save_models(Models.build(config.tiny()), root / "native", {"prediction": "v", "width": W, "height": H})
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (40, 24, 3), dtype=np.uint8)).save(root / "ref.png")
-    write_video(root / "pose.mp4", rng.integers(0, 256, (3, H, W, 3), dtype=np.uint8), fps=8)
+    root = write_tiny_inputs(tmp_path_factory.mktemp("jobs"), W, (40, 24), fps=8)
     (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(100))
     return root
 

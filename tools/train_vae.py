@@ -179,18 +179,16 @@ def main(argv: list[str] | None = None) -> None:
     t0, score = time.time(), math.nan
     for step in bar:
         idx = rng.integers(0, len(train), args.batch_size)
-        if cached:  # a crop of the whole frame's cached latent, on the latent grid, and its pixels
+        if args.decoder_only:  # a crop of whole-frame latents, on the latent grid, and the pixels under it
+            frames = train if cached else recolour(train[idx], rng, args.colour_augment)
             c = args.crop // vae.downscale
             y0, x0 = (int(rng.integers(0, n // vae.downscale - c + 1)) for n in train.shape[1:3])
             mirror = bool(rng.random() < 0.5)
-            x, z = latent_crop(mirrored if mirror else train, moments[mirror], idx, y0, x0, c)
-        elif args.decoder_only:  # the same from whole recoloured frames, encoded now by the frozen encoder
-            frames = recolour(train[idx], rng, args.colour_augment)
-            c = args.crop // vae.downscale
-            y0, x0 = (int(rng.integers(0, n // vae.downscale - c + 1)) for n in train.shape[1:3])
-            if rng.random() < 0.5:
-                frames = np.ascontiguousarray(frames[:, :, ::-1])
-            x, z = latent_crop(frames, encode_moments(vae, frames, progress=False), np.arange(len(idx)), y0, x0, c)
+            if cached:
+                x, z = latent_crop(mirrored if mirror else train, moments[mirror], idx, y0, x0, c)
+            else:  # the recoloured frames, encoded now by the frozen encoder
+                frames = np.ascontiguousarray(frames[:, :, ::-1]) if mirror else frames
+                x, z = latent_crop(frames, encode_moments(vae, frames, progress=False), np.arange(len(idx)), y0, x0, c)
         else:
             y0, x0 = rng.integers(0, train.shape[1] - args.crop + 1), rng.integers(0, train.shape[2] - args.crop + 1)
             x = to_tensor(recolour(train[idx], rng, args.colour_augment)[:, y0:y0 + args.crop, x0:x0 + args.crop])
