@@ -38,6 +38,7 @@ COND = ("tests/test_conditioning.py",)
 FLAGS = ("tests/test_sample_flags.py",)
 FAST = ("tests/test_fast_path.py",)
 VAE = ("tests/test_train_vae.py", "tests/test_demo_vae.py")
+WIDEN = ("tests/test_widen_latent.py",)
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,13 @@ MUTATIONS = [
              "frames = method(clip.poses)", ("tests/test_eval.py",)),
     Mutation("part-mask-inverted", "aa/eval/colour.py", "mask = labels == PARTS[part]",
              "mask = labels != PARTS[part]", ("tests/test_colour.py",)),
+    # a wider latent: the widened networks must compute what the old ones did, and the anchor must hold
+    Mutation("widen-unet-new-outputs-kept", "aa/training/latent.py", "            head[:old] = state[name]",
+             "            head[:old], head[old:] = state[name], state[name][:1]", WIDEN),
+    Mutation("widen-vae-decoder-reads-new", "aa/training/latent.py", "    conv_in[:, :old] = vae.decoder.conv_in.weight",
+             "    conv_in[:, :old] = vae.decoder.conv_in.weight\n    conv_in[:, old:] = conv_in[:, :1]", WIDEN),
+    Mutation("anchor-ignored", "tools/train_vae.py", "loss = loss + args.anchor * anchor_loss(q.mean, old)",
+             "loss = loss + 0 * anchor_loss(q.mean, old)", WIDEN),
 ]
 
 

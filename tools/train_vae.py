@@ -9,6 +9,8 @@
         --crop 32 --lr 1e-3                             # a fresh, wider VAE on two datasets: a new latent space
     python tools/train_vae.py --data data/synth data/synth-many --out runs/vae-colour --decoder-only \
         --init weights/demo/vae.safetensors --colour-augment 0.8 --l1 0    # a decoder for colours never trained on
+    python tools/train_vae.py --data data/synth data/synth-many --out runs/vae16 --init weights/demo/vae.safetensors \
+        --widen-latent 16 --anchor 0.1 --colour-augment 0.8 --lr 2e-4   # 8 more latent channels (tools/widen_latent.py)
 
 Stable Diffusion's VAE was trained with perceptual and adversarial losses (LDM, Rombach et al. 2022, sec. 3); at
 this scale plain L1 + MSE reconstruction with a small KL term (weight 1e-6, as LDM) is enough for flat synthetic
@@ -46,6 +48,7 @@ if __package__ in (None, ""):  # run as `python tools/train_vae.py`: make the re
 from aa.eval.metrics import psnr  # noqa: E402
 from aa.models import config  # noqa: E402
 from aa.models.vae import AutoencoderKL  # noqa: E402
+from aa.training.latent import anchor_loss, widen_vae  # noqa: E402
 from aa.training.vae import (  # noqa: E402
     decoder_parameters,
     encode_moments,
@@ -103,6 +106,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--widen-decoder", type=int, metavar="K",
                    help="with --decoder-only: start from --init's decoder made K times as wide, computing the same "
                         "function (Net2WiderNet), instead of training a new one from scratch")
+    p.add_argument("--widen-latent", type=int, metavar="N",
+                   help="start from --init with N latent channels instead of its own (aa.training.latent: the old "
+                        "channels unchanged, the new ones ignored by the decoder at first) and train the whole VAE, "
+                        "so the new channels carry what the old ones lose; tools/widen_latent.py then widens the "
+                        "model's UNets to match")
+    p.add_argument("--anchor", type=float, default=0.0, metavar="W",
+                   help="with --widen-latent: weight of the squared distance of the old channels' posterior means "
+                        "from --init's, which keeps the networks trained on them nearly valid (0: free)")
     p.add_argument("--l1", type=float, default=1.0, help="weight of the L1 term next to the MSE (0: MSE only)")
     p.add_argument("--eval-split", default="test_chars", help="split for the before/after reconstruction scores")
     p.add_argument("--eval-every", type=int, default=4, help="score every N-th frame of --eval-split's videos")
@@ -122,6 +133,13 @@ def main(argv: list[str] | None = None) -> None:
                                            or args.decoder_channels or args.decoder_layers is not None):
         p.error("--widen-decoder K (K >= 2) widens --init's decoder: it needs --decoder-only and excludes "
                 "--decoder-channels/--decoder-layers")
+    if args.widen_latent is not None and (args.init is None or args.decoder_only):
+        p.error("--widen-latent N widens --init's latent and trains the whole VAE: it needs --init and excludes "
+                "--decoder-only")
+    if args.anchor and args.widen_latent is None:
+        p.error("--anchor keeps the old channels of a widened latent where they were: add --widen-latent N")
+    if args.anchor < 0:
+        p.error(f"--anchor must be >= 0, got {args.anchor}")
     if not 0 <= args.colour_augment <= 1:
         p.error(f"--colour-augment is a probability in [0, 1], got {args.colour_augment}")
     if args.crop % 8 or args.crop < 8:
@@ -154,6 +172,11 @@ def main(argv: list[str] | None = None) -> None:
                 p.error(str(e))
         if args.widen_decoder:
             vae = widen_decoder(vae, args.widen_decoder)
+        if args.widen_latent is not None:
+            try:
+                anchor, vae = vae.requires_grad_(False), widen_vae(vae, args.widen_latent)
+            except ValueError as e:
+                p.error(str(e))
     else:
         vae = AutoencoderKL(fresh)
         with torch.no_grad():  # start nearly deterministic: with log-variance 0 the posterior's unit noise drowns
@@ -199,6 +222,10 @@ def main(argv: list[str] | None = None) -> None:
         recon = vae.decoder(vae.post_quant_conv(z))
         rec = args.l1 * F.l1_loss(recon, x) + F.mse_loss(recon, x)
         loss = rec if args.decoder_only else rec + args.kl * q.kl().mean()
+        if args.anchor:
+            with torch.no_grad():
+                old = anchor.posterior(x).mean
+            loss = loss + args.anchor * anchor_loss(q.mean, old)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -220,8 +247,13 @@ def main(argv: list[str] | None = None) -> None:
                                                               "before": before, "after": after}, indent=1))
     with torch.no_grad():  # the scale that gives the UNet unit-variance latents (SD's 0.18215 was found the same way)
         sample = to_tensor(train[rng.integers(0, len(train), 256)])
-        std = torch.cat([vae.posterior(x).mean for x in sample.split(32)]).std().item()
+        means = torch.cat([vae.posterior(x).mean for x in sample.split(32)])
+    std = means.std().item()
     scale = "unchanged (decoder only)" if args.decoder_only else f"scaling_factor = {1 / std:.5f}"
+    if args.widen_latent is not None:  # the UNets were trained at the old scale: it stays, whatever the new std
+        old = anchor.cfg.latent_channels
+        scale = (f"keep scaling_factor {vae.cfg.scaling_factor}; std of the old channels "
+                 f"{means[:, :old].std().item():.4f}, of the new {means[:, old:].std().item():.4f}")
     print(f"validation PSNR {score:.2f} dB after {args.steps} steps ({time.time() - t0:.0f} s); "
           f"wrote {args.out / 'vae.safetensors'}; latent std {std:.4f}: {scale}")
 
