@@ -221,6 +221,8 @@ MUTATIONS = [
              "            head[:old], head[old:] = state[name], state[name][:1]", WIDEN),
     Mutation("widen-vae-decoder-reads-new", "aa/training/latent.py", "    conv_in[:, :old] = vae.decoder.conv_in.weight",
              "    conv_in[:, :old] = vae.decoder.conv_in.weight\n    conv_in[:, old:] = conv_in[:, :1]", WIDEN),
+    Mutation("widen-new-channels-keep-their-noise", "aa/training/latent.py",
+             "    vae.quant_conv.bias[c + old:] = logvar", "    vae.quant_conv.bias[c + old:] += 0", WIDEN),
     Mutation("anchor-ignored", "tools/train_vae.py", "loss = loss + args.anchor * anchor_loss(q.mean, old)",
              "loss = loss + 0 * anchor_loss(q.mean, old)", WIDEN),
 ]

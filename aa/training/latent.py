@@ -113,13 +113,23 @@ def rescale_channels(vae: AutoencoderKL, scale: Tensor) -> None:
 
 @torch.no_grad()
 def match_new_channels(vae: AutoencoderKL, old: int, images: Tensor, batch: int = 32) -> Tensor:
-    """Rescale (rescale_channels) the channels after the first `old` so that each has the old channels' mean
-    standard deviation over `images` (b, 3, H, W) in [-1, 1]; returns the scales."""
-    means = torch.cat([vae.posterior(x).mean for x in images.split(batch)])
-    std = means.std(dim=(0, 2, 3))
+    """Give the channels after the first `old` the old channels' statistics over `images` (b, 3, H, W) in
+    [-1, 1]: each is rescaled (rescale_channels) to the old channels' mean standard deviation, and its posterior
+    log-variance is set to the old channels' mean, the same for every image. The posterior means, and so the
+    decoded means, are unchanged. Returns the scales.
+
+    The second step matters for training the UNets, which sample the posterior: where the decoder hardly reads a
+    new channel, the KL term (tiny, but Adam normalises its gradient) raises its variance towards 1, and the
+    samples' noise then drowns what the channel carries."""
+    moments = [vae.posterior(x) for x in images.split(batch)]
+    std = torch.cat([q.mean for q in moments]).std(dim=(0, 2, 3))
+    logvar = torch.cat([q.logvar[:, :old] for q in moments]).mean()
     scale = torch.ones_like(std)
     scale[old:] = std[:old].mean() / std[old:]
     rescale_channels(vae, scale)
+    c = vae.cfg.latent_channels
+    vae.quant_conv.weight[c + old:] = 0
+    vae.quant_conv.bias[c + old:] = logvar
     return scale
 
 
