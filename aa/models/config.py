@@ -143,7 +143,9 @@ def demo() -> ModelConfig:
     """The bundled demo model: the full architecture at a width that trains on a 2-core CPU, for 96x96 synthetic
     characters (the README gives the recipe). Deviation from SD: a 3-level VAE (4x smaller latents, 8 channels), which
     a short CPU run trains to a sharp reconstruction where the 8x one stays blurry, and a 4-level UNet whose
-    full-resolution level has no attention, so a step costs about what 12x12 latents would."""
+    full-resolution level has no attention, so a step costs about what 12x12 latents would. The bundled folder
+    itself has 16 latent channels since round 6 (tools/widen_latent.py; its config.json records the architecture),
+    while this preset stays what rounds 1-5 were trained from."""
     return ModelConfig(
         unet=UNetConfig(in_channels=8, out_channels=8, block_out_channels=(32, 64, 96, 128),
                         attention_levels=(False, True, True, False), layers_per_block=1, num_heads=4,
