@@ -51,11 +51,12 @@ def main(argv: list[str] | None = None) -> None:
         frames = None if args.data is None else to_tensor(load_frames(args.data, "val", 4)[:64])
     except (WeightsError, ValueError, OSError) as e:
         p.error(str(e))
-    if frames is not None:
-        scale = match_new_channels(vae, models.vae.cfg.latent_channels, frames)
-        print("new channels scaled by " + " ".join(f"{s:.2f}" for s in scale[models.vae.cfg.latent_channels:]))
+    old = models.vae.cfg.latent_channels
+    if frames is not None:  # in place, on the VAE the widened folder holds
+        scale = match_new_channels(wide.vae, old, frames)
+        print("new channels scaled by " + " ".join(f"{s:.2f}" for s in scale[old:]))
     save_models(wide, args.out, sampling=sampling)
-    print(f"wrote {args.out}: latent channels {models.vae.cfg.latent_channels} -> {vae.cfg.latent_channels}")
+    print(f"wrote {args.out}: latent channels {old} -> {wide.vae.cfg.latent_channels}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,17 @@ def moment_rows(old: int, new: int) -> Tensor:
     return torch.cat([torch.arange(old), new + torch.arange(old)])
 
 
+def in_corner(old: Tensor, like: Tensor) -> Tensor:
+    """`old` itself where it has `like`'s shape; else zeros of `like`'s shape with `old` in their leading corner
+    (a convolution grown in its input or output channels that ignores the new inputs and gives 0 on the new
+    outputs)."""
+    if old.shape == like.shape:
+        return old
+    out = torch.zeros_like(like)
+    out[tuple(slice(0, n) for n in old.shape)] = old
+    return out
+
+
 @torch.no_grad()
 def widen_vae(vae: AutoencoderKL, channels: int, init_logvar: float = -8.0) -> AutoencoderKL:
     """`vae` with `channels` latent channels, the first `vae.cfg.latent_channels` of them the old ones.
@@ -39,33 +50,22 @@ def widen_vae(vae: AutoencoderKL, channels: int, init_logvar: float = -8.0) -> A
     if channels <= old:
         raise ValueError(f"a wider latent needs more than the VAE's {old} channels, got {channels}")
     new = AutoencoderKL(replace(vae.cfg, latent_channels=channels)).to(vae.quant_conv.weight.dtype)
-    state, rows = new.state_dict(), moment_rows(old, channels)
-    state.update({k: v for k, v in vae.state_dict().items()
-                  if not k.startswith(("encoder.conv_out.", "quant_conv.", "post_quant_conv.", "decoder.conv_in."))
-                  or k == "decoder.conv_in.bias"})
+    state, rows, new_means = new.state_dict(), moment_rows(old, channels), torch.arange(old, channels)
+    for k, v in vae.state_dict().items():  # the moments are interleaved below; everything else grows at its end
+        if not k.startswith(("encoder.conv_out.", "quant_conv.")):
+            state[k] = in_corner(v, state[k])
+    state["post_quant_conv.weight"][new_means, new_means] = 1.0  # the new channels passed through to the decoder
     for name in ("weight", "bias"):  # the old rows in place; the others keep their fresh initial values
         state[f"encoder.conv_out.{name}"][rows] = getattr(vae.encoder.conv_out, name)
 
     # quant_conv mixes moments (1x1): the old block in place, each new mean passed through, new log-variances constant
     quant = torch.zeros_like(state["quant_conv.weight"])
     quant[rows[:, None], rows[None, :]] = vae.quant_conv.weight
+    quant[new_means, new_means] = 1.0
     quant_bias = torch.zeros_like(state["quant_conv.bias"])
     quant_bias[rows] = vae.quant_conv.bias
-    new_means = torch.arange(old, channels)
-    quant[new_means, new_means] = 1.0
     quant_bias[channels + new_means] = init_logvar
     state["quant_conv.weight"], state["quant_conv.bias"] = quant, quant_bias
-
-    post = torch.zeros_like(state["post_quant_conv.weight"])  # the old block, new channels passed through
-    post[:old, :old] = vae.post_quant_conv.weight
-    post[new_means, new_means] = 1.0
-    post_bias = torch.zeros_like(state["post_quant_conv.bias"])
-    post_bias[:old] = vae.post_quant_conv.bias
-    state["post_quant_conv.weight"], state["post_quant_conv.bias"] = post, post_bias
-
-    conv_in = torch.zeros_like(state["decoder.conv_in.weight"])  # the decoder reads the new channels through zeros
-    conv_in[:, :old] = vae.decoder.conv_in.weight
-    state["decoder.conv_in.weight"] = conv_in
     new.load_state_dict(state)
     return new
 
@@ -80,18 +80,9 @@ def widen_unet(unet: UNet, channels: int) -> UNet:
     if unet.cfg.out_channels != old:
         raise ValueError(f"cannot widen a UNet of {old} -> {unet.cfg.out_channels} channels")
     cfg = replace(unet.cfg, in_channels=channels, out_channels=channels)
-    new = ReferenceNet(cfg) if isinstance(unet, ReferenceNet) else UNet(cfg)
-    new.to(unet.conv_in.weight.dtype)
-    state = unet.state_dict()
-    conv_in = torch.zeros_like(new.conv_in.weight)
-    conv_in[:, :old] = state["conv_in.weight"]
-    state["conv_in.weight"] = conv_in
-    if "conv_out.weight" in state:
-        for name in ("conv_out.weight", "conv_out.bias"):
-            head = torch.zeros_like(new.state_dict()[name])
-            head[:old] = state[name]
-            state[name] = head
-    new.load_state_dict(state)
+    new = (ReferenceNet(cfg) if isinstance(unet, ReferenceNet) else UNet(cfg)).to(unet.conv_in.weight.dtype)
+    fresh = new.state_dict()
+    new.load_state_dict({k: in_corner(v, fresh[k]) for k, v in unet.state_dict().items()})
     return new
 
 
