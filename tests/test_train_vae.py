@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ from aa.synthetic import write_dataset
 from aa.training import vae as vae_training
 from aa.training.config import TrainConfig
 from aa.training.setup import stage1_models
-from aa.weights.sd import load_vae, save_native
+from aa.weights.files import WeightsError
+from aa.weights.sd import load_vae, save_native, vae_config_beside
 from tools import train_vae
 
 
@@ -172,3 +174,57 @@ def test_colour_augmented_training_runs_and_bad_probabilities_are_refused(tmp_pa
     start, end = load_file(tmp_path / "start.safetensors"), load_file(tmp_path / "run" / "vae.safetensors")
     encoder = [k for k in start if k.startswith(("encoder.", "quant_conv."))]
     assert all(torch.equal(start[k], end[k]) for k in encoder) == decoder_only
+
+
+def test_a_vae_inside_a_native_model_folder_brings_its_architecture(tmp_path: Path) -> None:
+    """The bundled demo's vae.safetensors has no vae_config.json beside it but the folder's config.json: --init and
+    --vae read the architecture there (here one the preset doesn't have); a diffusers config.json there (no "model"
+    entry) leaves the default, a broken VAE entry is one WeightsError."""
+    cfg = config.tiny()
+    wide = replace(cfg, vae=replace(cfg.vae, latent_channels=2 * cfg.vae.latent_channels))
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model": config.to_dict(wide), "sampling": {}, "paths": {}}))
+    assert vae_config_beside(folder / "vae.safetensors", cfg.vae) == wide.vae
+    save_native(AutoencoderKL(wide.vae), folder / "vae.safetensors")
+    write_dataset(tmp_path / "data", 32, 32, train_characters=1, val_characters=1, test_characters=1,
+                  clips_per_character=1, frames=4, progress=False)
+    train_vae.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--model", "tiny", "--steps",
+                    "1", "--batch-size", "2", "--crop", "16", "--every", "1", "--eval-every", "2", "--init",
+                    str(folder / "vae.safetensors"), "--decoder-only"])
+    assert build(VAEConfig, json.loads((tmp_path / "run" / "vae_config.json").read_text())) == wide.vae
+    (folder / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", "latent_channels": 4}))
+    assert vae_config_beside(folder / "vae.safetensors", cfg.vae) == cfg.vae
+    (folder / "config.json").write_text(json.dumps({"model": {"vae": {"latent_chanels": 8}}}))
+    with pytest.raises(WeightsError, match="config.json"):
+        vae_config_beside(folder / "vae.safetensors", cfg.vae)
+
+
+def test_latent_noise_is_drawn_per_frame_up_to_its_scale(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """noisy_latents: each frame's noise has its own standard deviation in [0, scale), the spread covering most of
+    it; scale 0 leaves the latents alone; --latent-noise reaches the latents of every decoder-only step and is
+    refused without --decoder-only."""
+    z = torch.zeros(200, 4, 16, 16)
+    stds = vae_training.noisy_latents(z, 0.5, np.random.default_rng(0)).flatten(1).std(1)
+    assert stds.max() < 0.5 * 1.05 and stds.min() < 0.05 and stds.max() > 0.45
+    assert abs(stds.mean().item() - 0.25) < 0.03
+    assert vae_training.noisy_latents(z, 0.0, np.random.default_rng(0)) is z
+    write_dataset(tmp_path / "data", 32, 32, train_characters=1, val_characters=1, test_characters=1,
+                  clips_per_character=1, frames=4, progress=False)
+    save_native(AutoencoderKL(config.tiny().vae), tmp_path / "start.safetensors")
+    argv = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--model", "tiny", "--steps", "1",
+            "--batch-size", "2", "--crop", "16", "--every", "1", "--eval-every", "2", "--latent-noise", "0.3",
+            "--init", str(tmp_path / "start.safetensors")]
+    with pytest.raises(SystemExit):
+        train_vae.main(argv)
+    assert "--latent-noise" in capsys.readouterr().err
+    scales = []
+
+    def spy(z: torch.Tensor, scale: float, rng: np.random.Generator) -> torch.Tensor:
+        scales.append(scale)
+        return vae_training.noisy_latents(z, scale, rng)
+
+    monkeypatch.setattr(train_vae, "noisy_latents", spy)
+    train_vae.main([*argv, "--steps", "2", "--decoder-only"])
+    assert scales == [0.3, 0.3]

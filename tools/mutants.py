@@ -225,6 +225,12 @@ MUTATIONS = [
              "    vae.quant_conv.bias[c + old:] = logvar", "    vae.quant_conv.bias[c + old:] += 0", WIDEN),
     Mutation("anchor-ignored", "tools/train_vae.py", "loss = loss + args.anchor * anchor_loss(q.mean, old)",
              "loss = loss + 0 * anchor_loss(q.mean, old)", WIDEN),
+    # a VAE inside a native model folder, and noisy latents for a decoder (aa/weights/sd.py, aa/training/vae.py)
+    Mutation("vae-config-ignores-model-folder", "aa/weights/sd.py",
+             'recorded = json.loads(file.read_text())["model"]["vae"]', "recorded = None", VAE),
+    Mutation("latent-noise-one-draw-per-batch", "aa/training/vae.py", "u = torch.from_numpy(rng.random(len(z))).to(z)",
+             "u = torch.from_numpy(rng.random(1).repeat(len(z))).to(z)", VAE),
+    Mutation("latent-noise-ignored", "tools/train_vae.py", "z = noisy_latents(z, args.latent_noise, rng)", "z = z", VAE),
 ]
 
 

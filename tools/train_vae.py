@@ -9,8 +9,10 @@
         --crop 32 --lr 1e-3                             # a fresh, wider VAE on two datasets: a new latent space
     python tools/train_vae.py --data data/synth data/synth-many --out runs/vae-colour --decoder-only \
         --init weights/demo/vae.safetensors --colour-augment 0.8 --l1 0    # a decoder for colours never trained on
-    python tools/train_vae.py --data data/synth data/synth-many --out runs/vae16 --init weights/demo/vae.safetensors \
+    python tools/train_vae.py --data data/synth data/synth-many --out runs/vae16 --init runs/vae/vae.safetensors \
         --widen-latent 16 --anchor 0.1 --colour-augment 0.8 --lr 2e-4   # 8 more latent channels (tools/widen_latent.py)
+    python tools/train_vae.py --data data/synth --out runs/vae-smooth --init weights/demo/vae.safetensors \
+        --decoder-only --latent-noise 0.4 --l1 0       # a decoder that smooths the grain of sampled latents
 
 Stable Diffusion's VAE was trained with perceptual and adversarial losses (LDM, Rombach et al. 2022, sec. 3); at
 this scale plain L1 + MSE reconstruction with a small KL term (weight 1e-6, as LDM) is enough for flat synthetic
@@ -54,6 +56,7 @@ from aa.training.vae import (  # noqa: E402
     encode_moments,
     latent_crop,
     load_frames,
+    noisy_latents,
     recolour,
     reconstruction,
     save,
@@ -122,6 +125,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="probability that a training frame gets a random colour transform (hue turn, channel "
                         "permutation, saturation, brightness: aa.training.augment), so the VAE learns to carry "
                         "every colour, not only the training characters' (0: off)")
+    p.add_argument("--latent-noise", type=float, default=0.0, metavar="S",
+                   help="with --decoder-only: add Gaussian noise of standard deviation S*u (u uniform in [0, 1], one "
+                        "per frame) to the decoder's latents, so it learns to smooth the grain a diffusion model's "
+                        "latents carry instead of drawing it (0: off)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     args = p.parse_args(argv)
 
@@ -140,6 +147,10 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--anchor keeps the old channels of a widened latent where they were: add --widen-latent N")
     if args.anchor < 0:
         p.error(f"--anchor must be >= 0, got {args.anchor}")
+    if args.latent_noise and not args.decoder_only:
+        p.error("--latent-noise trains a decoder for noisy latents: add --decoder-only")
+    if args.latent_noise < 0:
+        p.error(f"--latent-noise must be >= 0, got {args.latent_noise}")
     if not 0 <= args.colour_augment <= 1:
         p.error(f"--colour-augment is a probability in [0, 1], got {args.colour_augment}")
     if args.crop % 8 or args.crop < 8:
@@ -212,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
             else:  # the recoloured frames, encoded now by the frozen encoder
                 frames = np.ascontiguousarray(frames[:, :, ::-1]) if mirror else frames
                 x, z = latent_crop(frames, encode_moments(vae, frames, progress=False), np.arange(len(idx)), y0, x0, c)
+            z = noisy_latents(z, args.latent_noise, rng)
         else:
             y0, x0 = rng.integers(0, train.shape[1] - args.crop + 1), rng.integers(0, train.shape[2] - args.crop + 1)
             x = to_tensor(recolour(train[idx], rng, args.colour_augment)[:, y0:y0 + args.crop, x0:x0 + args.crop])

@@ -169,10 +169,11 @@ def model_settings(recorded: dict, steps: int | None, guidance: float | None, wi
 
 
 def load_decoder(path: Path, device: str) -> AutoencoderKL:
-    """A VAE written by tools/train_vae.py (vae.safetensors with its vae_config.json beside it), fp32."""
-    cfg_file = path.parent / "vae_config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cfg_file}: not found; --vae takes a vae.safetensors written by tools/train_vae.py")
+    """A VAE we wrote (tools/train_vae.py's vae.safetensors with its vae_config.json beside it, or the VAE of a
+    native model folder), fp32."""
+    if not (path.parent / "vae_config.json").is_file() and not (path.parent / "config.json").is_file():
+        raise FileNotFoundError(f"{path.parent / 'vae_config.json'}: not found; --vae takes a vae.safetensors written "
+                                f"by tools/train_vae.py")
     return load_vae(path, vae_config_beside(path, VAEConfig()), dtype=torch.float32, device=device)
 
 

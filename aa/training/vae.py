@@ -119,6 +119,15 @@ def latent_crop(frames: np.ndarray, moments: tuple[torch.Tensor, torch.Tensor], 
     return pixels, mean + std * torch.randn_like(mean)
 
 
+def noisy_latents(z: torch.Tensor, scale: float, rng: np.random.Generator) -> torch.Tensor:
+    """`z` plus Gaussian noise of standard deviation scale * u, u uniform in [0, 1) and drawn per frame: latents as
+    rough as a diffusion model's samples, for a decoder that should smooth such grain rather than draw it."""
+    if not scale:
+        return z
+    u = torch.from_numpy(rng.random(len(z))).to(z)
+    return z + scale * u[:, None, None, None] * torch.randn_like(z)
+
+
 def save(vae: AutoencoderKL, out: Path) -> None:
     """vae.safetensors (native names, fp32) and vae_config.json (its VAEConfig, which tools/pack_vae_decoder.py
     reads when the decoder's architecture changed), both written atomically."""

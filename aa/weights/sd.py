@@ -177,16 +177,29 @@ def load_vae(path: str | os.PathLike, cfg: VAEConfig | None = None, dtype: torch
 
 
 def vae_config_beside(path: str | os.PathLike, default: VAEConfig) -> VAEConfig:
-    """The architecture recorded in the `vae_config.json` that tools/train_vae.py writes beside (or, for a folder,
-    inside) a VAE file it trained; `default` where there is none (public files and SD layouts carry no config)."""
+    """The architecture of a VAE file we wrote: the `vae_config.json` that tools/train_vae.py writes beside (or, for
+    a folder, inside) it, else the VAE entry of the `config.json` of the native model folder it sits in (the bundled
+    demo, a training run's frozen/); `default` where there is neither (public files and SD layouts carry no config)."""
     path = Path(path)
-    file = (path if path.is_dir() else path.parent) / "vae_config.json"
-    if not file.is_file():
+    folder = path if path.is_dir() else path.parent
+    file, recorded = folder / "vae_config.json", None
+    if file.is_file():
+        try:
+            recorded = json.loads(file.read_text())
+        except ValueError as e:
+            raise WeightsError(f"{file}: not a VAE architecture written by tools/train_vae.py ({e})") from None
+    elif (folder / "config.json").is_file():  # a diffusers config.json is named so too: only ours has "model"
+        file = folder / "config.json"
+        try:
+            recorded = json.loads(file.read_text())["model"]["vae"]
+        except (ValueError, KeyError, TypeError):
+            return default
+    if recorded is None:
         return default
     try:
-        return build(VAEConfig, json.loads(file.read_text()))
+        return build(VAEConfig, recorded)
     except (ValueError, TypeError) as e:
-        raise WeightsError(f"{file}: not a VAE architecture written by tools/train_vae.py ({e})") from None
+        raise WeightsError(f"{file}: not a VAE architecture written by tools/train_vae.py or train.py ({e})") from None
 
 
 def save_native(module: nn.Module, path: str | os.PathLike) -> None:
