@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
                         "permutation, saturation, brightness: aa.training.augment), so the VAE learns to carry "
                         "every colour, not only the training characters' (0: off)")
     p.add_argument("--latent-noise", type=float, default=0.0, metavar="S",
-                   help="with --decoder-only: add Gaussian noise of standard deviation S*u (u uniform in [0, 1], one "
+                   help="with --decoder-only: add Gaussian noise of standard deviation S*u (u uniform in [0, 1), one "
                         "per frame) to the decoder's latents, so it learns to smooth the grain a diffusion model's "
                         "latents carry instead of drawing it (0: off)")
     p.add_argument("--seed", type=int, default=0, help="random seed")

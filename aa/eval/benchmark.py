@@ -172,8 +172,8 @@ def load_decoder(path: Path, device: str) -> AutoencoderKL:
     """A VAE we wrote (tools/train_vae.py's vae.safetensors with its vae_config.json beside it, or the VAE of a
     native model folder), fp32."""
     if not (path.parent / "vae_config.json").is_file() and not (path.parent / "config.json").is_file():
-        raise FileNotFoundError(f"{path.parent / 'vae_config.json'}: not found; --vae takes a vae.safetensors written "
-                                f"by tools/train_vae.py")
+        raise FileNotFoundError(f"{path.parent}: no vae_config.json or config.json; --vae takes a vae.safetensors "
+                                f"written by tools/train_vae.py or one from a native model folder")
     return load_vae(path, vae_config_beside(path, VAEConfig()), dtype=torch.float32, device=device)
 
 
