@@ -18,7 +18,6 @@ from aa.eval import colour, metrics
 from aa.eval.colour import hue_rotate
 from aa.io.video import read_video
 from aa.models.bundle import Models, module_dtype
-from aa.models.config import VAEConfig
 from aa.models.vae import DECODER_PREFIXES, AutoencoderKL
 from aa.poses.keypoints import load_json
 from aa.poses.render import render_pose
@@ -171,10 +170,11 @@ def model_settings(recorded: dict, steps: int | None, guidance: float | None, wi
 def load_decoder(path: Path, device: str) -> AutoencoderKL:
     """A VAE we wrote (tools/train_vae.py's vae.safetensors with its vae_config.json beside it, or the VAE of a
     native model folder), fp32."""
-    if not (path.parent / "vae_config.json").is_file() and not (path.parent / "config.json").is_file():
+    cfg = vae_config_beside(path, None)
+    if cfg is None:
         raise FileNotFoundError(f"{path.parent}: no vae_config.json or config.json; --vae takes a vae.safetensors "
                                 f"written by tools/train_vae.py or one from a native model folder")
-    return load_vae(path, vae_config_beside(path, VAEConfig()), dtype=torch.float32, device=device)
+    return load_vae(path, cfg, dtype=torch.float32, device=device)
 
 
 def with_decoder(models: Models, vae: AutoencoderKL, folder: Path) -> Models:

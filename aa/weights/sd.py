@@ -176,7 +176,7 @@ def load_vae(path: str | os.PathLike, cfg: VAEConfig | None = None, dtype: torch
     return build_and_load(lambda: AutoencoderKL(cfg), state, file, fmt, device=device)
 
 
-def vae_config_beside(path: str | os.PathLike, default: VAEConfig) -> VAEConfig:
+def vae_config_beside(path: str | os.PathLike, default: VAEConfig | None) -> VAEConfig | None:
     """The architecture of a VAE file we wrote: the `vae_config.json` that tools/train_vae.py writes beside (or, for
     a folder, inside) it, else the VAE entry of the `config.json` of the native model folder it sits in (the bundled
     demo, a training run's frozen/); `default` where there is neither (public files and SD layouts carry no config)."""
