@@ -39,6 +39,7 @@ FLAGS = ("tests/test_sample_flags.py",)
 FAST = ("tests/test_fast_path.py",)
 VAE = ("tests/test_train_vae.py", "tests/test_demo_vae.py")
 WIDEN = ("tests/test_widen_latent.py",)
+GROW = ("tests/test_attention_level.py",)
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,10 @@ MUTATIONS = [
     Mutation("latent-noise-one-draw-per-batch", "aa/training/vae.py", "u = torch.from_numpy(rng.random(len(z))).to(z)",
              "u = torch.from_numpy(rng.random(1).repeat(len(z))).to(z)", VAE),
     Mutation("latent-noise-ignored", "tools/train_vae.py", "z = noisy_latents(z, args.latent_noise, rng)", "z = z", VAE),
+    Mutation("grown-attention-not-identity", "aa/training/attention_level.py", "block.proj_out.weight.zero_()",
+             "pass", GROW),
+    Mutation("grown-attention-wrong-up-level", "aa/training/attention_level.py",
+             "new.up_blocks[len(levels) - 1 - level]", "new.up_blocks[level]", GROW),
 ]
 
 
