@@ -35,12 +35,16 @@ def denoise(models: Models, z: torch.Tensor, reference: torch.Tensor, context: t
 
 
 def test_grown_unets_compute_what_the_old_ones_did() -> None:
-    """With transformers added at level 1 (down and its mirrored up level, in both UNets), the video prediction
-    through the reference is the old one, the old reference features are still there in their order, and the only
-    new parameters are the new transformers'."""
+    """With transformers added at level 1 (down and its mirrored up level, in both UNets, with their own head
+    count), the video prediction through the reference is the old one, the old reference features are still there
+    in their order, and the only new parameters are the new transformers'."""
     models = tiny_models()
-    grown = add_attention_level_models(models, 1)
+    grown = add_attention_level_models(models, 1, heads=1)
     assert grown.cfg.unet.attention_levels == grown.unet.cfg.attention_levels == (True, True)
+    assert grown.cfg.unet.num_heads == (2, 1)
+    heads = [[t.transformer_blocks[0].attn1.heads for t in level.attentions]
+             for level in [*grown.unet.down_blocks, grown.unet.mid_block, *grown.unet.up_blocks]]
+    assert heads == [[2], [1], [1], [1, 1], [2, 2]]  # down 0, down 1, mid (the last level's), up 1, up 0
     assert grown.reference_net.cfg.attention_levels == (True, True) and grown.unet.cfg.motion is not None
     old_keys, new_keys = set(models.unet.state_dict()), set(grown.unet.state_dict())
     assert old_keys < new_keys
@@ -77,13 +81,18 @@ def test_new_blocks_learn_to_read_the_reference() -> None:
         assert (denoise(grown, z, reference, context) - before).abs().max() > 1e-4
 
 
-def test_a_level_with_transformers_or_out_of_range_is_refused() -> None:
-    """Level 0 of the tiny UNet already has transformers; it has no level 2."""
+def test_a_level_with_transformers_out_of_range_or_bad_heads_is_refused() -> None:
+    """Level 0 of the tiny UNet already has transformers; it has no level 2; 3 heads don't divide 64 channels; a
+    head count per level needs one count for every level."""
     unet = tiny_models().unet
     with pytest.raises(ValueError, match="already has transformers"):
         add_attention_level(unet, 0)
     with pytest.raises(ValueError, match="levels 0 to 1"):
         add_attention_level(unet, 2)
+    with pytest.raises(ValueError, match="3 heads"):
+        add_attention_level(unet, 1, heads=3)
+    with pytest.raises(ValueError, match="one count per level"):
+        replace(unet.cfg, num_heads=(2, 2, 2))
 
 
 def test_grown_folder_trains_in_both_stages(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -92,11 +101,14 @@ def test_grown_folder_trains_in_both_stages(tmp_path: Path, capsys: pytest.Captu
     one line."""
     models = tiny_models()
     save_models(models, tmp_path / "model")
-    add_attention.main(["--model", str(tmp_path / "model"), "--level", "1", "--out", str(tmp_path / "grown")])
+    add_attention.main(["--model", str(tmp_path / "model"), "--level", "1", "--heads", "4",
+                        "--out", str(tmp_path / "grown")])
     loaded, _ = load_models(tmp_path / "grown")
     assert loaded.unet.cfg.attention_levels == loaded.reference_net.cfg.attention_levels == (True, True)
+    assert loaded.unet.cfg.num_heads == loaded.reference_net.cfg.num_heads == (2, 4)
     stage1, _ = build_models(TrainConfig(stage=1, model="tiny", init=str(tmp_path / "grown")))
     assert stage1.unet.cfg.attention_levels == (True, True) and stage1.unet.cfg.motion is None
+    assert stage1.unet.up_blocks[0].attentions[1].transformer_blocks[0].attn1.heads == 4
     save_models(stage1, tmp_path / "stage1")
     stage2, names = build_models(TrainConfig(stage=2, model="tiny", stage1=str(tmp_path / "stage1"),
                                              motion=str(tmp_path / "model")))

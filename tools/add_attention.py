@@ -1,6 +1,6 @@
 """Give a trained model's UNets transformers (and so reference attention) at one more level: the start of a fine-tune.
 
-    python tools/add_attention.py --model weights/demo --level 0 --out runs/demo-att0
+    python tools/add_attention.py --model weights/demo --level 0 --heads 1 --out runs/demo-att0
     python train.py --stage 1 --model demo --init runs/demo-att0 ...     # then stage 2 with --motion weights/demo
 
 The new transformers start as identities (aa.training.attention_level), so the folder samples as --model did until
@@ -28,13 +28,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", type=Path, required=True, help="a native model folder (weights/demo, a checkpoint)")
     p.add_argument("--level", type=int, required=True,
                    help="the UNet level to give transformers, 0 the finest (the latent's own grid)")
+    p.add_argument("--heads", type=int,
+                   help="attention heads of the new transformers (default: the UNet's); on the CPU fewer, wider "
+                        "heads cost much less at a fine level's many tokens")
     p.add_argument("--out", type=Path, required=True, help="the new model folder")
     args = p.parse_args(argv)
     if args.out.resolve() == args.model.resolve():
         p.error("--out must be a new folder, not --model itself")
     try:
         models, sampling = load_models(args.model, dtype=torch.float32)
-        grown = add_attention_level_models(models, args.level)
+        grown = add_attention_level_models(models, args.level, args.heads)
     except (WeightsError, ValueError, OSError) as e:
         p.error(str(e))
     save_models(grown, args.out, sampling=sampling)

@@ -234,6 +234,7 @@ MUTATIONS = [
     Mutation("latent-noise-ignored", "tools/train_vae.py", "z = noisy_latents(z, args.latent_noise, rng)", "z = z", VAE),
     Mutation("grown-attention-not-identity", "aa/training/attention_level.py", "block.proj_out.weight.zero_()",
              "pass", GROW),
+    Mutation("level-heads-not-mirrored", "aa/models/unet.py", "cfg.heads(mirror),", "cfg.heads(i),", GROW),
     Mutation("grown-attention-wrong-up-level", "aa/training/attention_level.py",
              "new.up_blocks[len(levels) - 1 - level]", "new.up_blocks[level]", GROW),
 ]

@@ -24,14 +24,25 @@ class UNetConfig:
     block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
     attention_levels: tuple[bool, ...] = (True, True, True, False)  # down levels with transformers; up levels mirror
     layers_per_block: int = 2
-    num_heads: int = 8  # diffusers' `attention_head_dim: 8` for SD 1.x is in fact the number of heads
+    # diffusers' `attention_head_dim: 8` for SD 1.x is in fact the number of heads; a tuple gives one per level
+    # (down level i and the up level mirroring it; the mid block takes the last level's)
+    num_heads: int | tuple[int, ...] = 8
     context_dim: int = 768  # CLIP embedding width (text in SD, image_embeds in Animate Anyone)
     norm_groups: int = 32
     motion: MotionConfig | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_heads, int) and len(self.num_heads) != len(self.block_out_channels):
+            raise ValueError(f"num_heads needs one count per level ({len(self.block_out_channels)}), "
+                             f"got {self.num_heads}")
+
     @property
     def time_embed_dim(self) -> int:
         return 4 * self.block_out_channels[0]
+
+    def heads(self, level: int) -> int:
+        """The attention heads of the transformers at down level `level` (and of the up level mirroring it)."""
+        return self.num_heads if isinstance(self.num_heads, int) else self.num_heads[level]
 
 
 @dataclass(frozen=True)

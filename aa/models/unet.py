@@ -32,13 +32,13 @@ from aa.models.temporal import MotionModule
 class Level(nn.Module):
     """One down, mid or up level: `resnets`, matching `attentions` and `motion_modules` (or none), a resampler."""
 
-    def __init__(self, in_chs: list[int], out_ch: int, cfg: UNetConfig, attentions: int,
+    def __init__(self, in_chs: list[int], out_ch: int, cfg: UNetConfig, attentions: int, heads: int,
                  resample: str | None = None) -> None:
         super().__init__()
         g = cfg.norm_groups
         self.resnets = nn.ModuleList([ResnetBlock2D(c, out_ch, cfg.time_embed_dim, g) for c in in_chs])
         self.attentions = nn.ModuleList(
-            [Transformer2D(out_ch, cfg.num_heads, cfg.context_dim, g) for _ in range(attentions)])
+            [Transformer2D(out_ch, heads, cfg.context_dim, g) for _ in range(attentions)])
         self.motion_modules = nn.ModuleList()
         if resample == "down":
             self.downsamplers = nn.ModuleList([Downsample2D(out_ch)])
@@ -65,9 +65,10 @@ class UNet(nn.Module):
         self.down_blocks = nn.ModuleList()
         for i in range(levels):
             ins = [ch[max(i - 1, 0)]] + [ch[i]] * (n - 1)
-            self.down_blocks.append(Level(ins, ch[i], cfg, n * cfg.attention_levels[i],
+            self.down_blocks.append(Level(ins, ch[i], cfg, n * cfg.attention_levels[i], cfg.heads(i),
                                           "down" if i < levels - 1 else None))
-        self.mid_block = Level([ch[-1], ch[-1]], ch[-1], cfg, attentions=1)  # resnet, transformer, resnet
+        # resnet, transformer, resnet
+        self.mid_block = Level([ch[-1], ch[-1]], ch[-1], cfg, attentions=1, heads=cfg.heads(levels - 1))
 
         # up level i mirrors down level (levels - 1 - i): n + 1 resnets, each eating one skip connection
         self.up_blocks = nn.ModuleList()
@@ -78,7 +79,8 @@ class UNet(nn.Module):
             for _ in range(n + 1):
                 ins.append(prev + skips.pop())
                 prev = out
-            self.up_blocks.append(Level(ins, out, cfg, (n + 1) * cfg.attention_levels[levels - 1 - i],
+            mirror = levels - 1 - i
+            self.up_blocks.append(Level(ins, out, cfg, (n + 1) * cfg.attention_levels[mirror], cfg.heads(mirror),
                                         "up" if i < levels - 1 else None))
         if head:
             self.conv_norm_out = nn.GroupNorm(g, ch[0], eps=1e-5)

@@ -22,15 +22,23 @@ from aa.models.unet import UNet
 
 
 @torch.no_grad()
-def add_attention_level(unet: UNet, level: int) -> UNet:
-    """`unet` with transformers at down level `level` and its mirrored up level, each new one an identity."""
+def add_attention_level(unet: UNet, level: int, heads: int | None = None) -> UNet:
+    """`unet` with transformers at down level `level` and its mirrored up level, each new one an identity, with
+    `heads` attention heads (default: the UNet's count at that level)."""
     levels = list(unet.cfg.attention_levels)
     if not 0 <= level < len(levels):
         raise ValueError(f"the UNet has levels 0 to {len(levels) - 1}, got {level}")
     if levels[level]:
         raise ValueError(f"level {level} already has transformers (attention levels {tuple(levels)})")
     levels[level] = True
-    cfg = replace(unet.cfg, attention_levels=tuple(levels))
+    num_heads = [unet.cfg.heads(i) for i in range(len(levels))]
+    if heads is not None:
+        if heads < 1 or unet.cfg.block_out_channels[level] % heads:
+            raise ValueError(f"{heads} heads don't divide level {level}'s {unet.cfg.block_out_channels[level]} "
+                             "channels")
+        num_heads[level] = heads
+    same = all(h == num_heads[0] for h in num_heads)
+    cfg = replace(unet.cfg, attention_levels=tuple(levels), num_heads=num_heads[0] if same else tuple(num_heads))
     new = (ReferenceNet(cfg) if isinstance(unet, ReferenceNet) else UNet(cfg)).to(unet.conv_in.weight.dtype)
     added = [*new.down_blocks[level].attentions, *new.up_blocks[len(levels) - 1 - level].attentions]
     for block in added:
@@ -45,11 +53,11 @@ def add_attention_level(unet: UNet, level: int) -> UNet:
     return new
 
 
-def add_attention_level_models(models: Models, level: int) -> Models:
+def add_attention_level_models(models: Models, level: int, heads: int | None = None) -> Models:
     """`models` with the denoising UNet and the ReferenceNet grown at `level` (add_attention_level); the other
     networks are shared, not copied."""
-    unet = add_attention_level(models.unet, level)
-    reference_net = add_attention_level(models.reference_net, level)
+    unet = add_attention_level(models.unet, level, heads)
+    reference_net = add_attention_level(models.reference_net, level, heads)
     cfg = None if models.cfg is None else replace(models.cfg, unet=unet.cfg)
     return Models(vae=models.vae, image_encoder=models.image_encoder, reference_net=reference_net, unet=unet,
                   pose_guider=models.pose_guider, cfg=cfg)
