@@ -535,3 +535,30 @@ def test_learning_rate_warms_up_holds_and_decays_to_zero():
     cfg = TrainConfig(steps=10, warmup=2, decay=4)
     assert [round(lr_factor(cfg, s), 3) for s in range(10)] == [0.5, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25]
     assert lr_factor(TrainConfig(steps=10, warmup=2), 9) == 1.0
+
+
+def test_fast_prefixes_train_at_their_own_learning_rate(data):
+    """--fast: the parameters whose names start with a prefix form a group at fast_lr_scale x lr, which warm-up and
+    decay scale like the rest; one step moves them that much further (AdamW's first step moves every parameter by
+    about its lr); a prefix that names no trained parameter is refused, and so is --fast with --fsdp."""
+    torch.manual_seed(0)
+    models = stage1_models()
+    set_trainable(models, 1)
+    cfg = TrainConfig(stage=1, width=32, height=32, batch_size=2, lr=1e-4, warmup=2, weight_decay=0.0,
+                      fast=["unet.down_blocks.1.", "reference_net.mid_block."], fast_lr_scale=8.0)
+    trainer = Trainer(models, cfg, 1, CPU)
+    slow, fast = trainer.optimizer.param_groups
+    names = {id(p): n for n, p in trainer.trainable.named_parameters()}
+    assert {names[id(p)].split(".")[0] for p in fast["params"]} == {"unet", "reference_net"}
+    assert all(names[id(p)].startswith(tuple(cfg.fast)) for p in fast["params"])
+    assert len(slow["params"]) + len(fast["params"]) == len(trainer.params)
+    assert fast["lr"] == pytest.approx(8 * slow["lr"]) == pytest.approx(8 * 0.5e-4)  # warm-up step 1 of 2
+    before = {id(p): p.detach().clone() for p in trainer.params}
+    trainer.step([([5, 6], batch_of(data))])
+    moved = {g: max((p.detach() - before[id(p)]).abs().max().item() for p in grp["params"])
+             for g, grp in (("slow", slow), ("fast", fast))}
+    assert moved["fast"] == pytest.approx(8 * moved["slow"], rel=0.05), moved
+    with pytest.raises(ValueError, match="--fast unet.nothing"):
+        Trainer(models, replace(cfg, fast=["unet.nothing"]), 1, CPU)
+    with pytest.raises(ValueError, match="--fsdp"):
+        replace(cfg, fsdp=True).check()

@@ -40,6 +40,7 @@ FAST = ("tests/test_fast_path.py",)
 VAE = ("tests/test_train_vae.py", "tests/test_demo_vae.py")
 WIDEN = ("tests/test_widen_latent.py",)
 GROW = ("tests/test_attention_level.py",)
+TRAINING = ("tests/test_training.py",)
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,8 @@ MUTATIONS = [
     Mutation("latent-noise-ignored", "tools/train_vae.py", "z = noisy_latents(z, args.latent_noise, rng)", "z = z", VAE),
     Mutation("grown-attention-not-identity", "aa/training/attention_level.py", "block.proj_out.weight.zero_()",
              "pass", GROW),
+    Mutation("fast-lr-not-scaled", "aa/training/loop.py", '"lr": cfg.lr * cfg.fast_lr_scale}', '"lr": cfg.lr}',
+             TRAINING),
     Mutation("level-heads-not-mirrored", "aa/models/unet.py", "cfg.heads(mirror),", "cfg.heads(i),", GROW),
     Mutation("grown-attention-wrong-up-level", "aa/training/attention_level.py",
              "new.up_blocks[len(levels) - 1 - level]", "new.up_blocks[level]", GROW),

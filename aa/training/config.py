@@ -102,6 +102,12 @@ class TrainConfig:
     decay: int = field(default=0, metadata=flag(
         "linear decay of the learning rate to zero over the last N steps (0: constant after warm-up)", minimum=0,
         metavar="N"))
+    fast: list[str] | None = field(default=None, metadata=flag(
+        "parameter-name prefixes (e.g. unet.down_blocks.0.attentions) trained at --fast-lr-scale times the learning "
+        "rate: blocks grown into a trained model (tools/add_attention.py), whose zero output layers would otherwise "
+        "take thousands of steps to reach their neighbours' scale", many=True, metavar="PREFIX"))
+    fast_lr_scale: float = field(default=10.0, metadata=flag("the learning-rate factor of --fast", above=0,
+                                                             metavar="X"))
     weight_decay: float = field(default=1e-2, metadata=flag("AdamW weight decay", minimum=0))
     clip_grad: float = field(default=1.0, metadata=flag(
         "largest gradient norm: larger gradients are scaled down to it (0: off)", minimum=0, metavar="NORM"))
@@ -204,6 +210,8 @@ class TrainConfig:
         if self.frozen_dtype != "fp32" and (self.mixed_precision == "no" or self.fsdp):
             raise ValueError("--frozen-dtype needs --mixed-precision (autocast reads the weights in low precision) "
                              "and does not go with --fsdp (its units need one dtype)")
+        if self.fast and self.fsdp:
+            raise ValueError("--fast does not go with --fsdp (its flattened parameters lose their names)")
         if self.width % 8 or self.height % 8:
             raise ValueError(f"--width and --height must be multiples of 8, got {self.width}x{self.height}")
         if device is not None and self.mixed_precision == "fp16" and device.type != "cuda":

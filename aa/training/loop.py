@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from aa.io.cli import Stopped, StopSignals
@@ -48,6 +48,21 @@ if TYPE_CHECKING:
 ENCODE_CHUNK = 8  # frames per VAE encoder call: its full-resolution activations are ~0.4 GB a frame at 512x512
 
 
+def param_groups(trainable: nn.Module, params: list[nn.Parameter], cfg: TrainConfig) -> list[dict]:
+    """AdamW's parameter groups: `params` at cfg.lr, except those named by a `cfg.fast` prefix (in `trainable`,
+    e.g. unet.down_blocks.0.attentions), which get cfg.fast_lr_scale times it."""
+    if not cfg.fast:
+        return [{"params": params}]
+    names = {id(p): name for name, p in trainable.named_parameters()}
+    for prefix in cfg.fast:
+        if not any(names.get(id(p), "").startswith(prefix) for p in params):
+            raise ValueError(f"--fast {prefix}: no trained parameter's name starts with it")
+    fast = [p for p in params if names.get(id(p), "").startswith(tuple(cfg.fast))]
+    slow = [p for p in params if not names.get(id(p), "").startswith(tuple(cfg.fast))]
+    groups = [{"params": slow}, {"params": fast, "lr": cfg.lr * cfg.fast_lr_scale}]
+    return [g for g in groups if g["params"]]
+
+
 class Trainer:
     """The trainable networks wrapped for data parallelism, AdamW with linear warm-up, the gradient scaler, and one
     optimizer step over a few micro-batches (gradient accumulation). `tools/bench_train.py` times this step."""
@@ -66,8 +81,8 @@ class Trainer:
         # the fused kernel: on CUDA the default foreach one holds a temporary the size of all trained weights; on the
         # CPU it is 3.5x faster (tools/bench_train.py --profile), not used under FSDP there (DTensor parameters)
         fused = device.type == "cuda" or (device.type == "cpu" and not cfg.fsdp)
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                           fused=True if fused else None)
+        self.optimizer = torch.optim.AdamW(param_groups(self.trainable, self.params, cfg), lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay, fused=True if fused else None)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, cfg))
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         self.autocast = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
