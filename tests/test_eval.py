@@ -62,8 +62,9 @@ def test_results_cover_every_method_split_and_metric(bench: dict[str, Path], res
                 assert math.isfinite(row[name]) and low <= row[name] <= high, (method, name, row[name])
             per_clip = [c["metrics"][method][name] for c in results["clips"]]
             assert splits["overall"][name] == pytest.approx(np.mean(per_clip)), "overall weighs clips equally"
-    table = (out / "results.md").read_text()
+    table, by_part = (out / "results.md").read_text().split("## Part ΔE by body part")
     assert table.count("| copy |") == 3 and table.count("| tiny |") == 3 and "SSIM" in table
+    assert by_part.count("| copy |") == 3 and "shirt ΔE" in by_part
     for split in benchmark.SPLITS:
         with Image.open(out / f"sheet_{split}.png") as sheet:
             assert sheet.width > (FRAMES + 1) * SIZE and sheet.height >= 4 * SIZE  # poses, truth, 2 methods
@@ -190,6 +191,15 @@ def test_hue_probe_rewards_copying_the_reference_colours(bench: dict[str, Path])
     assert summary["memoriser"]["test_chars"]["part_de"] == 0 and summary["copier"]["test_chars"]["part_de"] == 0
     assert summary["copier"]["test_chars@90"]["part_de"] == 0
     assert summary["memoriser"]["test_chars@90"]["part_de"] > 10
+    rotated = summary["memoriser"]["test_chars@90"]
+    assert set(rotated["parts"]) == set(records[1]["metrics"]["memoriser"]["parts"])  # the parts the clip has
+    assert rotated["parts"] == pytest.approx(records[1]["metrics"]["memoriser"]["parts"])  # one clip: its values
+    assert np.mean(list(rotated["parts"].values())) == pytest.approx(rotated["part_de"])
+    overall = summary["memoriser"]["overall"]["parts"]
+    for part, value in overall.items():  # over both clips: each part's mean
+        assert value == pytest.approx(np.mean([r["metrics"]["memoriser"]["parts"][part] for r in records]))
+    table = benchmark.part_table(summary)
+    assert "| memoriser | test_chars@90 | " in table and all(f"{p} ΔE" in table for p in rotated["parts"])
 
 
 def test_eval_command_reports_the_hue_probe_and_part_colours(bench: dict[str, Path]) -> None:
@@ -201,6 +211,7 @@ def test_eval_command_reports_the_hue_probe_and_part_colours(bench: dict[str, Pa
     assert set(rows) == {*benchmark.SPLITS, *[f"{s}@90" for s in benchmark.SPLITS], "overall"}
     assert all(math.isfinite(rows[s]["part_de"]) and rows[s]["part_de"] > 0 for s in rows)
     assert (out / "sheet_test_chars@90.png").is_file() and "part ΔE" in (out / "results.md").read_text()
+    assert "| copy | test_chars@90 | " in (out / "results.md").read_text().split("## Part ΔE by body part")[1]
     with Image.open(out / "sheet_hue_probe.png") as sheet, Image.open(out / "sheet_test_chars.png") as one:
         assert sheet.size == (one.size[0], 2 * one.size[1])  # the first clip at 0 and at 90 degrees
 

@@ -13,9 +13,10 @@ rendered at the video size as training renders them (hands on, face off: `aa.tra
 same seed (the base seed plus the clip's position in its split).
 
 Writes to --out: results.json (settings, per-clip and summary metrics), results.md (the summary table: method x
-split, plus overall = the mean over every clip), and sheet_<split>.png (for the first clips: poses, reference |
-ground truth, one row per method, at a few evenly spaced frames); with --hue-probe also sheet_hue_probe.png: the
-first clip of the first split at every angle. Metric definitions: aa/eval/metrics.py.
+split, plus overall = the mean over every clip; then part ΔE for each body part), and sheet_<split>.png (for the
+first clips: poses, reference | ground truth, one row per method, at a few evenly spaced frames); with --hue-probe
+also sheet_hue_probe.png: the first clip of the first split at every angle. Metric definitions:
+aa/eval/metrics.py.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from aa.eval.benchmark import (  # noqa: E402
     hue_probe,
     load_decoder,
     markdown_table,
+    part_table,
     model_method,
     read_split,
     summarise,
@@ -126,8 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
     run = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "method"}
     results = {"run": run, "methods": described, "summary": summary, "clips": records}
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    table = markdown_table(summary)
-    (args.out / "results.md").write_text(f"# Evaluation on {args.data}\n\n{table}\n{LEGEND}\n")
+    table, parts = markdown_table(summary), part_table(summary)
+    by_part = f"\n## Part ΔE by body part\n\n{parts}" if parts else ""
+    (args.out / "results.md").write_text(f"# Evaluation on {args.data}\n\n{table}\n{LEGEND}\n{by_part}")
     for split in splits:
         shown = [c for c in clips if c.split == split and c.index < args.sheet_clips]
         if shown:

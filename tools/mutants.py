@@ -235,6 +235,8 @@ MUTATIONS = [
     Mutation("latent-noise-ignored", "tools/train_vae.py", "z = noisy_latents(z, args.latent_noise, rng)", "z = z", VAE),
     Mutation("grown-attention-not-identity", "aa/training/attention_level.py", "block.proj_out.weight.zero_()",
              "pass", GROW),
+    Mutation("part-means-first-clip-only", "aa/eval/benchmark.py", "out[part] = float(np.mean(values))",
+             "out[part] = float(values[0])", ("tests/test_eval.py",)),
     Mutation("fast-lr-not-scaled", "aa/training/loop.py", '"lr": cfg.lr * cfg.fast_lr_scale}', '"lr": cfg.lr}',
              TRAINING),
     Mutation("level-heads-not-mirrored", "aa/models/unet.py", "cfg.heads(mirror),", "cfg.heads(i),", GROW),

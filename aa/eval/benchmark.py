@@ -244,14 +244,26 @@ def evaluate(methods: dict[str, Method | Autoencoded], clips: list[Clip], seed: 
     return records, outputs
 
 
+def part_means(rows: list[dict]) -> dict[str, float]:
+    """Each body part's mean colour error over the clips that scored it (a clip may lack a part, e.g. a hat)."""
+    out = {}
+    for part in colour.SCORED_PARTS:
+        values = [r["parts"][part] for r in rows if part in r.get("parts", {})]
+        if values:
+            out[part] = float(np.mean(values))
+    return out
+
+
 def summarise(records: list[dict], methods: list[str], splits: list[str]) -> dict:
-    """{method: {split or 'overall': {'clips': n, metric: mean}}}; overall weighs every clip equally."""
+    """{method: {split or 'overall': {'clips': n, metric: mean, 'parts': {part: mean}}}}; overall weighs every
+    clip equally; 'parts' (per body part part ΔE, where the data has label maps) says where the colour error is."""
     out = {}
     for m in methods:
         out[m] = {}
         for split in [*splits, "overall"]:
             rows = [r["metrics"][m] for r in records if split in ("overall", r["split"])]
-            out[m][split] = {"clips": len(rows), **mean_metrics(rows)}
+            parts = part_means(rows)
+            out[m][split] = {"clips": len(rows), **mean_metrics(rows), **({"parts": parts} if parts else {})}
     return out
 
 
@@ -263,6 +275,20 @@ def markdown_table(summary: dict) -> str:
         for split, row in splits.items():
             cells = [_fmt(k, row[k]) for k in COLUMNS]
             lines.append(f"| {method} | {split} | {row['clips']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def part_table(summary: dict) -> str:
+    """Part ΔE per body part as a markdown table, one row per (method, split) that has any ('' if none has)."""
+    rows = [(m, split, row["parts"]) for m, splits in summary.items() for split, row in splits.items()
+            if row.get("parts")]
+    if not rows:
+        return ""
+    parts = [p for p in colour.SCORED_PARTS if any(p in scores for _, _, scores in rows)]
+    lines = ["| method | split | " + " | ".join(f"{p} ΔE ↓" for p in parts) + " |", "|---|---|" + "---:|" * len(parts)]
+    for m, split, scores in rows:
+        lines.append(f"| {m} | {split} | " + " | ".join(_fmt("part_de", scores[p]) if p in scores else ""
+                                                          for p in parts) + " |")
     return "\n".join(lines) + "\n"
 
 
