@@ -1,11 +1,15 @@
 """Give a trained model's UNets transformers (and so reference attention) at one more level: the start of a fine-tune.
 
     python tools/add_attention.py --model weights/demo --level 0 --heads 1 --out runs/demo-att0
-    python train.py --stage 1 --model demo --init runs/demo-att0 ...     # then stage 2 with --motion weights/demo
+    python train.py --stage 1 --model demo --init runs/demo-att0 ... --fast unet.down_blocks.0.attentions
+        unet.up_blocks.3.attentions reference_net.down_blocks.0.attentions reference_net.up_blocks.3.attentions
+    # then stage 2 with --motion weights/demo
 
 The new transformers start as identities (aa.training.attention_level), so the folder samples as --model did until
-stage-1 training teaches them to read the reference. Every other network is copied unchanged. Writes a native model
-folder in fp32.
+stage-1 training teaches them to read the reference; --fast gives them a larger learning rate, without which their
+zero output layers barely move in a few thousand steps. Every other network is copied unchanged. Writes a native
+model folder in fp32. On the demo, 3600 CPU steps of this gave no gain over the same steps without the new level
+(docs/demo_training.md, round 8).
 """
 from __future__ import annotations
 
