@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
 
 from aa.models.config import UNetConfig, VAEConfig
 
+if TYPE_CHECKING:
+    from aa.models.bundle import Models
 
-def tiny_animation_models() -> "Models":
+
+def tiny_animation_models() -> Models:
     """`config.tiny()` models with a non-zero Pose Guider output and temporal layers (trained ones are not zero), so
     that poses and frames matter in a test's video."""
     from aa.models import config
@@ -23,6 +27,22 @@ def tiny_animation_models() -> "Models":
         if hasattr(module, "proj_out") and isinstance(module.proj_out, torch.nn.Linear):
             module.proj_out.weight.data.normal_(0, 0.05)
     return m
+
+
+def tiny_random_unets(motion: bool) -> Models:
+    """`config.tiny()` models (temporal layers only with `motion`) whose UNet and ReferenceNet weights are all
+    random, none zero-initialised (no identity blocks, no zero output head), so that a test comparing what two
+    networks compute compares something."""
+    from dataclasses import replace
+
+    from aa.models import config
+    from aa.models.bundle import Models
+    torch.manual_seed(0)
+    cfg = config.tiny()
+    models = Models.build(cfg if motion else replace(cfg, unet=replace(cfg.unet, motion=None)))
+    for p in [*models.unet.parameters(), *models.reference_net.parameters()]:
+        p.data.normal_(0, 0.05)
+    return models
 
 
 FORMATS_DIR = Path(__file__).parent / "data" / "formats"

@@ -8,24 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from aa.models import config
 from aa.models.bundle import Models
 from aa.training.attention_level import add_attention_level, add_attention_level_models
 from aa.training.config import TrainConfig
 from aa.training.setup import build_models
 from aa.weights.native import load_models, save_models
+from tests.helpers import tiny_random_unets
 from tools import add_attention
 
 FRAMES = 2
-
-
-def tiny_models(motion: bool = True) -> Models:
-    torch.manual_seed(0)
-    cfg = config.tiny()
-    models = Models.build(cfg if motion else replace(cfg, unet=replace(cfg.unet, motion=None)))
-    for p in [*models.unet.parameters(), *models.reference_net.parameters()]:  # no zero-initialised heads
-        p.data.normal_(0, 0.05)
-    return models
 
 
 def denoise(models: Models, z: torch.Tensor, reference: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -38,7 +29,7 @@ def test_grown_unets_compute_what_the_old_ones_did() -> None:
     """With transformers added at level 1 (down and its mirrored up level, in both UNets, with their own head
     count), the video prediction through the reference is the old one, the old reference features are still there
     in their order, and the only new parameters are the new transformers'."""
-    models = tiny_models()
+    models = tiny_random_unets(motion=True)
     grown = add_attention_level_models(models, 1, heads=1)
     assert grown.cfg.unet.attention_levels == grown.unet.cfg.attention_levels == (True, True)
     assert grown.cfg.unet.num_heads == (2, 1)
@@ -66,7 +57,7 @@ def test_grown_unets_compute_what_the_old_ones_did() -> None:
 def test_new_blocks_learn_to_read_the_reference() -> None:
     """The new blocks start as identities but not dead ones: one training step's gradient reaches their output
     projections, and after a step on them alone the prediction depends on the reference through them."""
-    grown = add_attention_level_models(tiny_models(), 1)
+    grown = add_attention_level_models(tiny_random_unets(motion=True), 1)
     new_blocks = [*grown.unet.down_blocks[1].attentions, *grown.unet.up_blocks[0].attentions]
     c = grown.unet.cfg.in_channels
     z, reference = torch.randn(2 * FRAMES, c, 8, 8), torch.randn(2, c, 8, 8)
@@ -84,7 +75,7 @@ def test_new_blocks_learn_to_read_the_reference() -> None:
 def test_a_level_with_transformers_out_of_range_or_bad_heads_is_refused() -> None:
     """Level 0 of the tiny UNet already has transformers; it has no level 2; 3 heads don't divide 64 channels; a
     head count per level needs one count for every level."""
-    unet = tiny_models().unet
+    unet = tiny_random_unets(motion=True).unet
     with pytest.raises(ValueError, match="already has transformers"):
         add_attention_level(unet, 0)
     with pytest.raises(ValueError, match="levels 0 to 1"):
@@ -99,7 +90,7 @@ def test_grown_folder_trains_in_both_stages(tmp_path: Path, capsys: pytest.Captu
     """tools/add_attention.py writes a folder that stage 1 loads (--init) with the new attention levels; stage 2
     takes the temporal layers of the model it came from (--motion); a level that has transformers is refused in
     one line."""
-    models = tiny_models()
+    models = tiny_random_unets(motion=True)
     save_models(models, tmp_path / "model")
     add_attention.main(["--model", str(tmp_path / "model"), "--level", "1", "--heads", "4",
                         "--out", str(tmp_path / "grown")])

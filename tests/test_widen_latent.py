@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from aa.models import config
-from aa.models.bundle import Models
 from aa.models.vae import AutoencoderKL
 from aa.synthetic import write_dataset
 from aa.training.config import TrainConfig
@@ -18,16 +17,8 @@ from aa.training.latent import match_new_channels, widen_models, widen_vae
 from aa.training.setup import build_models
 from aa.weights.native import load_models, save_models
 from aa.weights.sd import load_vae, save_native, vae_config_beside
+from tests.helpers import tiny_random_unets
 from tools import train_vae, widen_latent
-
-
-def tiny_models(motion: bool = False) -> Models:
-    torch.manual_seed(0)
-    cfg = config.tiny()
-    models = Models.build(cfg if motion else replace(cfg, unet=replace(cfg.unet, motion=None)))
-    for p in [*models.unet.parameters(), *models.reference_net.parameters()]:  # no zero-initialised heads
-        p.data.normal_(0, 0.05)
-    return models
 
 
 def test_widened_vae_keeps_the_old_channels_and_decodes_as_before() -> None:
@@ -71,7 +62,7 @@ def test_new_channels_are_rescaled_to_the_old_spread_without_changing_the_output
 def test_widened_unets_compute_the_same_on_the_old_channels() -> None:
     """Whatever the new latent channels hold, the widened UNet's old outputs equal the old UNet's, its new outputs
     are zero, and the ReferenceNet's features are unchanged; a VAE of another downscale is refused."""
-    models = tiny_models()
+    models = tiny_random_unets(motion=False)
     old = models.vae.cfg.latent_channels
     wide = widen_models(models, widen_vae(models.vae, old + 4))
     assert wide.cfg.unet.in_channels == wide.cfg.unet.out_channels == old + 4 == wide.cfg.vae.latent_channels
@@ -133,7 +124,7 @@ def test_train_vae_widens_and_the_anchor_holds_the_old_channels(tmp_path: Path,
 def test_widened_folder_trains_in_both_stages(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """tools/widen_latent.py writes a folder that stage 1 loads (--init) with the VAE's channels everywhere; stage 2
     takes the temporal layers of the narrower model it came from (--motion); a VAE that doesn't fit is refused."""
-    models = tiny_models(motion=True)
+    models = tiny_random_unets(motion=True)
     save_models(models, tmp_path / "model")
     old = models.vae.cfg.latent_channels
     wide_vae = widen_vae(models.vae, old + 4)
