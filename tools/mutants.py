@@ -242,6 +242,13 @@ MUTATIONS = [
     Mutation("level-heads-not-mirrored", "aa/models/unet.py", "cfg.heads(mirror),", "cfg.heads(i),", GROW),
     Mutation("grown-attention-wrong-up-level", "aa/training/attention_level.py",
              "new.up_blocks[len(levels) - 1 - level]", "new.up_blocks[level]", GROW),
+    Mutation("resume-other-fast-groups", "aa/training/loop.py", "if saved != now:", "if False:", TRAINING),
+    Mutation("region-weight-not-normalised", "aa/training/objective.py",
+             "return w / w.mean(dim=(2, 3), keepdim=True)", "return w", TRAINING),
+    Mutation("region-weight-ignores-radius", "aa/training/objective.py", "2 * radius + 1, stride=1, padding=radius",
+             "1, stride=1, padding=0", TRAINING),
+    Mutation("region-weight-not-in-loss", "aa/training/objective.py", "if self.obj.region_weight:", "if False:",
+             TRAINING),
 ]
 
 

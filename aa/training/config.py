@@ -128,6 +128,12 @@ class TrainConfig:
         "(0 at zero SNR)", choices=lambda: choices.SNR_WEIGHTINGS))
     noise_offset: float = field(default=0.05, metadata=flag(
         "per-video, per-channel offset noise scale", minimum=0, metavar="SCALE"))
+    region_weight: float = field(default=0.0, metadata=flag(
+        "extra loss weight near the pose skeleton, where the character is: weight 1 + X there, 1 elsewhere, "
+        "normalised per frame (0: the plain mean, as Moore trains)", minimum=0, metavar="X"))
+    region_radius: int = field(default=2, metadata=flag(
+        "how many latent cells the --region-weight region reaches beyond the skeleton's own", minimum=0,
+        metavar="CELLS"))
     uncond_rate: float = field(default=0.1, metadata=flag(
         "fraction of samples trained unconditionally (zero CLIP embedding, no reference)", minimum=0, maximum=1,
         metavar="FRACTION"))
@@ -181,7 +187,8 @@ class TrainConfig:
         """The loss options (the schedule is the one SD was trained with: scaled_linear)."""
         from aa.training.objective import Objective
         return Objective(self.prediction, "scaled_linear", self.zero_snr, self.min_snr_gamma, self.noise_offset,
-                         self.uncond_rate, reference=self.reference, snr_weighting=self.snr_weighting)
+                         self.uncond_rate, reference=self.reference, snr_weighting=self.snr_weighting,
+                         region_weight=self.region_weight, region_radius=self.region_radius)
 
     def sampling(self) -> dict:
         """What inference must use with these weights (recorded in every checkpoint's config.json)."""

@@ -124,7 +124,14 @@ class Trainer:
                 "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict()}
 
     def load_state(self, state: dict) -> None:
-        """Restore what `state` returned (after the trainable weights are loaded)."""
+        """Restore what `state` returned (after the trainable weights are loaded); ValueError if the checkpoint's
+        optimizer grouped the parameters otherwise (another --fast)."""
+        saved = [len(g["params"]) for g in state["optimizer"].get("param_groups", [])]
+        now = [len(g["params"]) for g in self.optimizer.param_groups]
+        if saved != now:
+            raise ValueError(f"the checkpoint's optimizer had parameter groups of {saved} parameters (slow, fast), "
+                             f"this run's has {now}: resume with the checkpoint's --fast (its run folder's "
+                             f"train_config.json has it), or start a new run from its weights")
         load_optimizer_state(self.model, self.trainable, self.optimizer, state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
