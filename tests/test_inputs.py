@@ -8,8 +8,10 @@ hands the pipeline in about a second.
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -270,6 +272,17 @@ def test_help_answers_without_torch(script):
             "assert 'torch' not in sys.modules, 'torch imported'\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("script", ["sample.py", "train.py", *sorted(f"tools/{p.name}"
+                                                                for p in (ROOT / "tools").glob("*.py"))])
+def test_help_shows_each_example_command_line_as_written(script):
+    """A command in a script's docstring (its --help text) that goes on over a line ends in a backslash that
+    --help shows: written as a bare backslash, Python joins the two lines into one run-on line."""
+    source = (ROOT / script).read_text()
+    docstring = ast.get_docstring(ast.parse(source), clean=False) or ""
+    for line in docstring.splitlines():  # a joined line: "--out runs/vae16         --init ..."
+        assert not re.search(r"\S {4,}--", line), f"{script}: two lines of a command joined: {line.strip()[:100]}"
 
 
 def test_help_states_the_real_defaults(capsys):

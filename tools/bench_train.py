@@ -15,7 +15,7 @@ stage per invocation to measure each).
 synchronised): data (random tensors, or real samples from `--data` decoded, cropped and pose-rendered as training
 does), VAE encoding, the image encoder, the ReferenceNet, the Pose Guider, the UNet forward, backward, optimizer:
 
-    python tools/bench_train.py --model demo --width 96 --height 96 --batch-size 8 --stages 1 --threads 1 \
+    python tools/bench_train.py --model demo --width 96 --height 96 --batch-size 8 --stages 1 --threads 1 \\
         --train-image-encoder --data data/synth96p/train.json --profile
 """
 from __future__ import annotations

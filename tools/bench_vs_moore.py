@@ -41,7 +41,7 @@ needs it; the rest of their needs, requests, regex, pyyaml, safetensors, are the
 them: `git -C <a Moore-AnimateAnyone clone> archive HEAD src configs | tar -x -C .gpu/moore`. With `.gpu` ignored
 (`echo /.gpu/ >> .git/info/exclude`) and carried, the GPU machine's whole run is one command:
 
-    python3 -m pip install -q --no-index --no-deps --target /tmp/side .gpu/whl/*.whl && python3 \
+    python3 -m pip install -q --no-index --no-deps --target /tmp/side .gpu/whl/*.whl && python3 \\
         tools/bench_vs_moore.py --size full --moore-src .gpu/moore --side /tmp/side --out $OUT/results.jsonl
  The full run takes about 7
 minutes on one H200 with the default budgets (at most their sum, 7.5 minutes, plus start-up).

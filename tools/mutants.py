@@ -242,6 +242,8 @@ MUTATIONS = [
     Mutation("level-heads-not-mirrored", "aa/models/unet.py", "cfg.heads(mirror),", "cfg.heads(i),", GROW),
     Mutation("grown-attention-wrong-up-level", "aa/training/attention_level.py",
              "new.up_blocks[len(levels) - 1 - level]", "new.up_blocks[level]", GROW),
+    Mutation("help-joins-command-lines", "tools/widen_latent.py", "--out runs/demo16 \\\\\n",
+             "--out runs/demo16 \\\n", ("tests/test_inputs.py",)),
     Mutation("resume-other-fast-groups", "aa/training/loop.py", "if saved != now:", "if False:", TRAINING),
     Mutation("region-weight-not-normalised", "aa/training/objective.py",
              "return w / w.mean(dim=(2, 3), keepdim=True)", "return w", TRAINING),

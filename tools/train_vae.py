@@ -1,17 +1,17 @@
 """Train the SD autoencoder architecture at a small width on a synthetic dataset (the bundled demo's VAE).
 
     python tools/train_vae.py --data data/synth --out runs/vae --steps 3000
-    python tools/train_vae.py --data data/synth --out runs/vae-dec --init weights/demo/vae.safetensors \
+    python tools/train_vae.py --data data/synth --out runs/vae-dec --init weights/demo/vae.safetensors \\
         --decoder-only --crop 64 --l1 0 --steps 550 --batch-size 8 --lr 2e-4     # same latent space
-    python tools/train_vae.py --data data/synth --out runs/vae-wide --init weights/demo/vae.safetensors \
+    python tools/train_vae.py --data data/synth --out runs/vae-wide --init weights/demo/vae.safetensors \\
         --decoder-only --decoder-channels 32,128,128 --decoder-layers 2 --crop 32   # a new, wider decoder
-    python tools/train_vae.py --data data/synth data/synth-extra --out runs/vae-wide --channels 64,128,128 \
+    python tools/train_vae.py --data data/synth data/synth-extra --out runs/vae-wide --channels 64,128,128 \\
         --crop 32 --lr 1e-3                             # a fresh, wider VAE on two datasets: a new latent space
-    python tools/train_vae.py --data data/synth data/synth-many --out runs/vae-colour --decoder-only \
+    python tools/train_vae.py --data data/synth data/synth-many --out runs/vae-colour --decoder-only \\
         --init weights/demo/vae.safetensors --colour-augment 0.8 --l1 0    # a decoder for colours never trained on
-    python tools/train_vae.py --data data/synth data/synth-many --out runs/vae16 --init runs/vae/vae.safetensors \
+    python tools/train_vae.py --data data/synth data/synth-many --out runs/vae16 --init runs/vae/vae.safetensors \\
         --widen-latent 16 --anchor 0.1 --colour-augment 0.8 --lr 2e-4   # 8 more latent channels (tools/widen_latent.py)
-    python tools/train_vae.py --data data/synth --out runs/vae-smooth --init weights/demo/vae.safetensors \
+    python tools/train_vae.py --data data/synth --out runs/vae-smooth --init weights/demo/vae.safetensors \\
         --decoder-only --latent-noise 0.4 --l1 0       # a decoder that smooths the grain of sampled latents
 
 Stable Diffusion's VAE was trained with perceptual and adversarial losses (LDM, Rombach et al. 2022, sec. 3); at

@@ -1,8 +1,8 @@
 """Give a trained model a VAE with more latent channels and widen its UNets to match: the start of a fine-tune.
 
-    python tools/train_vae.py --data data/synth data/synth-many --out runs/vae16 \
+    python tools/train_vae.py --data data/synth data/synth-many --out runs/vae16 \\
         --init weights/demo/vae.safetensors --widen-latent 16 --anchor 0.1 --colour-augment 0.8 --lr 2e-4
-    python tools/widen_latent.py --model weights/demo --vae runs/vae16/vae.safetensors --out runs/demo16 \
+    python tools/widen_latent.py --model weights/demo --vae runs/vae16/vae.safetensors --out runs/demo16 \\
         --data data/synth
     python train.py --stage 1 --model demo --init runs/demo16 ...     # then stage 2 with --motion weights/demo
 
