@@ -101,6 +101,24 @@ def checkpoint_tensors(run: Path, step: int) -> dict[str, torch.Tensor]:
     return {f"{f.stem}.{k}": v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
+def unconditional_loss_by_hand(models: Models, batch: dict[str, torch.Tensor], obj: Objective,
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One unconditional video (obj.uncond_rate 1, seed 3) through `Trainable`, and what its loss is made of,
+    computed here by hand: the UNet with a zero CLIP embedding and no reference features, its squared error
+    against the v target (f, c, h, w), the default min-SNR-5 weight (as Moore trained) and the pose images."""
+    noise = draw_noise([3], 1, (4, 4, 4), obj)
+    pose = batch["pose"].flatten(0, 1)
+    with torch.no_grad():
+        z0 = encode(models.vae, batch["target"].flatten(0, 1), noise.vae_target)
+        ref = encode(models.vae, batch["reference"], noise.vae_reference)
+        loss = Trainable(models, obj)(z0, ref, batch["clip"], pose, noise)
+        ab = ddim.alphas_cumprod("scaled_linear", True).float()[noise.t]
+        pred = models.unet(ddim.add_noise(z0, noise.eps, ab), noise.t, torch.zeros(1, 1, 16),
+                           pose_features=models.pose_guider(pose))
+        error = (pred - ddim.v_target(z0, noise.eps, ab)).pow(2)
+    return loss, error, ddim.min_snr_weight(ab.double(), 5.0, "v", "released"), pose
+
+
 # ----------------------------------------------------------------------------------------------- building blocks
 def test_sample_stream_is_independent_of_processes_and_accumulation():
     """Step s uses stream positions [s B, (s + 1) B) with the same dataset indices and seeds however the global
@@ -151,18 +169,8 @@ def test_unconditional_videos_see_a_zero_embedding_and_no_reference(data):
     torch.manual_seed(0)
     models = stage1_models()
     obj = replace(TrainConfig().objective(), uncond_rate=1.0)
-    batch = batch_of(data, n=1)
-    noise = draw_noise([3], 1, (4, 4, 4), obj)
-    with torch.no_grad():
-        z0 = encode(models.vae, batch["target"].flatten(0, 1), noise.vae_target)
-        ref = encode(models.vae, batch["reference"], noise.vae_reference)
-        loss = Trainable(models, obj)(z0, ref, batch["clip"], batch["pose"].flatten(0, 1), noise)
-        ab = ddim.alphas_cumprod("scaled_linear", True).float()[noise.t]
-        x_t = ddim.add_noise(z0, noise.eps, ab)
-        pred = models.unet(x_t, noise.t, torch.zeros(1, 1, 16), pose_features=models.pose_guider(batch["pose"][0]))
-        weight = ddim.min_snr_weight(ab.double(), 5.0, "v", "released")  # the default, as Moore trained
-        expected = (pred - ddim.v_target(z0, noise.eps, ab)).pow(2).mean() * weight
-    torch.testing.assert_close(loss, expected.float().squeeze(), rtol=1e-5, atol=0)
+    loss, error, weight, _ = unconditional_loss_by_hand(models, batch_of(data, n=1), obj)
+    torch.testing.assert_close(loss, (error.mean() * weight).float().squeeze(), rtol=1e-5, atol=0)
 
 
 def test_snr_weighting_reaches_the_loss(data):
@@ -209,23 +217,12 @@ def test_region_weight_reaches_the_loss(data):
     weights, and differs from the plain mean."""
     torch.manual_seed(0)
     models = stage1_models()
-    batch = batch_of(data, n=1)
-    obj = Objective(uncond_rate=1.0, region_weight=3.0, region_radius=0)
-    noise = draw_noise([3], 1, (4, 4, 4), obj)
-    pose = batch["pose"].flatten(0, 1)
-    with torch.no_grad():
-        z0 = encode(models.vae, batch["target"].flatten(0, 1), noise.vae_target)
-        ref = encode(models.vae, batch["reference"], noise.vae_reference)
-        loss = Trainable(models, obj)(z0, ref, batch["clip"], pose, noise)
-        plain = Trainable(models, replace(obj, region_weight=0.0))(z0, ref, batch["clip"], pose, noise)
-        ab = ddim.alphas_cumprod("scaled_linear", True).float()[noise.t]
-        x_t = ddim.add_noise(z0, noise.eps, ab)
-        pred = models.unet(x_t, noise.t, torch.zeros(1, 1, 16), pose_features=models.pose_guider(pose))
-        error = (pred - ddim.v_target(z0, noise.eps, ab)).pow(2)
-        weight = ddim.min_snr_weight(ab.double(), 5.0, "v", "released").float()
-        expected = (error * pose_region_weights(pose, (4, 4), 3.0, 0)).mean() * weight
-    assert pose_region_weights(pose, (4, 4), 3.0, 0).std() > 0  # the skeleton covers some cells, not all
-    torch.testing.assert_close(loss, expected.squeeze(), rtol=1e-5, atol=0)
+    batch, obj = batch_of(data, n=1), Objective(uncond_rate=1.0, region_weight=3.0, region_radius=0)
+    loss, error, weight, pose = unconditional_loss_by_hand(models, batch, obj)
+    plain = unconditional_loss_by_hand(models, batch, replace(obj, region_weight=0.0))[0]
+    region = pose_region_weights(pose, (4, 4), 3.0, 0)
+    assert region.std() > 0  # the skeleton covers some cells, not all
+    torch.testing.assert_close(loss, ((error * region).mean() * weight).float().squeeze(), rtol=1e-5, atol=0)
     assert abs(loss.item() - plain.item()) > 1e-4 * plain.item()
 
 

@@ -1,7 +1,7 @@
 """Give a trained model's UNets transformers (and so reference attention) at one more level: the start of a fine-tune.
 
     python tools/add_attention.py --model weights/demo --level 0 --heads 1 --out runs/demo-att0
-    python train.py --stage 1 --model demo --init runs/demo-att0 ... --fast unet.down_blocks.0.attentions
+    python train.py --stage 1 --model demo --init runs/demo-att0 ... --fast unet.down_blocks.0.attentions \\
         unet.up_blocks.3.attentions reference_net.down_blocks.0.attentions reference_net.up_blocks.3.attentions
     # then stage 2 with --motion weights/demo
 

@@ -44,8 +44,8 @@ from aa.eval.benchmark import (  # noqa: E402
     hue_probe,
     load_decoder,
     markdown_table,
-    part_table,
     model_method,
+    part_table,
     read_split,
     summarise,
 )
