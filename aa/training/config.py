@@ -130,7 +130,8 @@ class TrainConfig:
         "per-video, per-channel offset noise scale", minimum=0, metavar="SCALE"))
     region_weight: float = field(default=0.0, metadata=flag(
         "extra loss weight near the pose skeleton, where the character is: weight 1 + X there, 1 elsewhere, "
-        "normalised per frame (0: the plain mean, as Moore trains)", minimum=0, metavar="X"))
+        "normalised per frame; the skeleton is the pose image's non-black pixels, as aa renders poses (0: the plain "
+        "mean, as Moore trains)", minimum=0, metavar="X"))
     region_radius: int = field(default=2, metadata=flag(
         "how many latent cells the --region-weight region reaches beyond the skeleton's own", minimum=0,
         metavar="CELLS"))
