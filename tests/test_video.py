@@ -108,3 +108,45 @@ def test_frames_folder_natural_order_and_modes(tmp_path):
     Image.new("I;16", (4, 2)).save(tmp_path / "deep.png")
     with pytest.raises(VideoError, match="deep.png"):  # 16-bit images are refused, not silently clipped
         read_image(tmp_path / "deep.png")
+
+
+def test_raw_clip_round_trips_and_reads_like_a_video(tmp_path):
+    """A .npz path is a raw clip: exact frames, fps and size back, partial reads (unsorted, repeated) and streaming
+    as for a video, the same out-of-range error, and no PyAV anywhere on the way (it is replaced by None here)."""
+    frames = _noise(9, 33, 47)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(video, "av", None)
+        write_video(tmp_path / "a.npz", (f for f in frames), fps=12.5)
+        assert np.array_equal(read_video(tmp_path / "a.npz"), frames)
+        assert np.array_equal(read_video(tmp_path / "a.npz", [8, 0, 8]), frames[[8, 0, 8]])
+        assert read_video(tmp_path / "a.npz", []).shape == (0, 33, 47, 3)
+        assert np.array_equal(np.stack(list(iter_video(tmp_path / "a.npz"))), frames)
+        assert video_info(tmp_path / "a.npz") == video.VideoInfo(frames=9, fps=12.5, width=47, height=33)
+        with pytest.raises(VideoError, match="out of range"):
+            read_video(tmp_path / "a.npz", [9])
+        (tmp_path / "b.mp4").write_bytes(b"x")
+        with pytest.raises(VideoError, match="needs PyAV.*pip install av"):
+            read_video(tmp_path / "b.mp4")
+
+
+def test_bad_raw_clips_raise_video_error_and_failed_writes_leave_nothing(tmp_path):
+    """Missing, garbage, truncated and wrongly shaped raw clips raise VideoError naming the file; a frame source
+    that fails midway leaves neither a clip nor a temp file."""
+    write_video(tmp_path / "good.npz", _noise(4, 8, 8), fps=8)
+    data = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "garbage.npz").write_bytes(np.random.default_rng(0).bytes(4000))
+    (tmp_path / "half.npz").write_bytes(data[: len(data) // 2])
+    np.savez(tmp_path / "grey.npz", frames=np.zeros((4, 8, 8), np.uint8), fps=8.0)
+    np.savez(tmp_path / "nofps.npz", frames=np.zeros((4, 8, 8, 3), np.uint8))
+    for name in ("missing.npz", "garbage.npz", "half.npz", "grey.npz", "nofps.npz"):
+        with pytest.raises(VideoError, match=name):
+            video_info(tmp_path / name)
+
+    def frames():
+        yield from _noise(3, 8, 8)
+        raise RuntimeError("camera unplugged")
+
+    with pytest.raises(RuntimeError):
+        write_video(tmp_path / "new.npz", frames(), fps=8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["good.npz", "garbage.npz", "half.npz", "grey.npz", "nofps.npz"])

@@ -4,28 +4,38 @@ Frames are numpy arrays `(f, h, w, 3)` uint8 RGB. Normal output is H.264 (libx26
 playable by browsers and common players. Lossless output (`lossless=True`) is H.264 High 4:4:4 Predictive in RGB
 (libx264rgb, qp 0): it decodes pixel-exactly, is half the size of FFV1 on our synthetic clips, keeps the frame count
 in the .mp4 index, but few players show it; it is meant for datasets, not for viewing.
+
+A path ending in .npz is a raw clip instead: the frames and the frame rate as an uncompressed numpy archive (arrays
+`frames` and `fps`). It needs no FFmpeg, so PyAV may be missing where only raw clips are read and written (a GPU
+machine without it, say), and it loads faster than decoding, at about ten times the size on disk.
 """
 from __future__ import annotations
 
 import bisect
 import os
 import secrets
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
 from aa.io.cli import write_failure
 from aa.io.image import natural_key, pil_to_rgb
 
+try:
+    import av
+except ImportError:  # needed for encoded video (.mp4, ...), not for raw .npz clips
+    av = None
+
 # x264's output depends on its thread count: fix it so the same frames give the same bytes on every machine.
 _X264_THREADS = 4
 _BT709 = 1  # AVCOL_SPC / AVCOL_PRI / AVCOL_TRC value for BT.709; AVCOL_RANGE 1 = limited ("tv") range
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+RAW_SUFFIX = ".npz"
 
 
 class VideoError(ValueError):
@@ -42,9 +52,16 @@ class VideoInfo:
     height: int
 
 
+def _need_av(path: Path) -> None:
+    if av is None:
+        raise VideoError(f"{path}: encoded video needs PyAV, which is not installed (pip install av); raw "
+                         f"{RAW_SUFFIX} clips do not")
+
+
 def _open(path: Path) -> av.container.InputContainer:
     if not path.is_file():
         raise VideoError(f"{path}: no such video file")
+    _need_av(path)
     try:
         container = av.open(str(path))
     except av.FFmpegError as e:
@@ -74,9 +91,26 @@ def _fps(stream: av.video.stream.VideoStream) -> float:
     return float(rate) if rate else 0.0
 
 
+def _read_raw(path: Path) -> tuple[np.ndarray, float]:
+    """A raw clip's frames `(f, h, w, 3)` uint8 and frame rate, checked."""
+    if not path.is_file():
+        raise VideoError(f"{path}: no such video file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            frames, fps = archive["frames"], float(archive["fps"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise VideoError(f"{path}: not a readable raw clip: an uncompressed .npz of 'frames' and 'fps' ({e})") from None
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3 or not len(frames):
+        raise VideoError(f"{path}: frames must be (f, h, w, 3) uint8 with f > 0, got {frames.shape} {frames.dtype}")
+    return frames, fps
+
+
 def video_info(path: str | os.PathLike) -> VideoInfo:
     """Frame count, fps and size; the count comes from the container's index, or from demuxing when it has none."""
     path = Path(path)
+    if path.suffix == RAW_SUFFIX:
+        frames, fps = _read_raw(path)
+        return VideoInfo(len(frames), fps, frames.shape[2], frames.shape[1])
     with _open(path) as container:
         stream = container.streams.video[0]
         frames, fps = stream.frames, _fps(stream)
@@ -131,19 +165,27 @@ def _decode_some(path: Path, pts: list[int], wanted: list[int]) -> dict[int, np.
     return got if not todo else None
 
 
+def _checked_indices(path: Path, indices: Sequence[int], n: int) -> list[int]:
+    indices = [int(i) for i in indices]
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise VideoError(f"{path}: frame indices {bad[:5]} out of range for a video of {n} frames")
+    return indices
+
+
 def read_video(path: str | os.PathLike, indices: Sequence[int] | None = None) -> np.ndarray:
     """Decode a video to `(n, h, w, 3)` uint8 RGB: all frames, or only `indices` (any order, repeats allowed).
 
     With indices, only the stretch from the keyframe before the first wanted frame to the last one is decoded."""
     path = Path(path)
+    if path.suffix == RAW_SUFFIX:
+        frames = _read_raw(path)[0]
+        return frames if indices is None else frames[_checked_indices(path, indices, len(frames))]
     pts, keyframes = _packets(path)
     n = len(pts)
     if indices is None:
         return np.stack(_decode_all(path, n))
-    indices = [int(i) for i in indices]
-    bad = [i for i in indices if not 0 <= i < n]
-    if bad:
-        raise VideoError(f"{path}: frame indices {bad[:5]} out of range for a video of {n} frames")
+    indices = _checked_indices(path, indices, n)
     if not indices:
         info = video_info(path)
         return np.zeros((0, info.height, info.width, 3), np.uint8)
@@ -163,6 +205,9 @@ def read_video(path: str | os.PathLike, indices: Sequence[int] | None = None) ->
 def iter_video(path: str | os.PathLike) -> Iterator[np.ndarray]:
     """Decode frame by frame as `(h, w, 3)` uint8 RGB, so memory does not grow with the video's length."""
     path = Path(path)
+    if path.suffix == RAW_SUFFIX:  # one array on disk: read whole
+        yield from _read_raw(path)[0]
+        return
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -221,13 +266,18 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
     """Encode `(h, w, 3)` uint8 RGB frames as H.264, streaming (memory does not grow with length) and atomically.
 
     The file appears at `path` only when complete (written beside it, then renamed); on any error nothing is left.
-    `lossless=True` round-trips pixel-exactly and allows odd sizes; otherwise width and height must be even."""
+    `lossless=True` round-trips pixel-exactly and allows odd sizes; otherwise width and height must be even. A
+    .npz path writes a raw clip (always exact; the frames are held in memory)."""
     path = Path(path)
     if not (fps > 0 and np.isfinite(fps)):
         raise ValueError(f"{path}: fps must be a positive number, got {fps}")
     if not path.parent.is_dir():
         raise VideoError(f"{path}: folder {path.parent} does not exist")
     tmp = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
+    if path.suffix == RAW_SUFFIX:
+        _write_raw(path, tmp, frames, fps)
+        return
+    _need_av(path)
     try:
         it = iter(frames)
         first = next(it, None)
@@ -257,6 +307,22 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
         if isinstance(e, OSError) and e.errno is not None:  # disk full, file too large, no permission
             raise VideoError(write_failure(path, e)) from None
         raise VideoError(f"{path}: encoding failed ({e})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_raw(path: Path, tmp: Path, frames: Iterable[np.ndarray], fps: float) -> None:
+    checked: list[np.ndarray] = []
+    for i, frame in enumerate(frames):
+        checked.append(_check_frame(path, i, frame, checked[0].shape if checked else None))
+    if not checked:
+        raise ValueError(f"{path}: no frames to write")
+    try:
+        with tmp.open("wb") as f:
+            np.savez(f, frames=np.stack(checked), fps=np.float64(fps))
+        os.replace(tmp, path)
+    except OSError as e:
+        raise VideoError(write_failure(path, e)) from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -4,7 +4,8 @@ Layout written by `write_dataset(out, ...)`:
 
     out/info.json                      arguments, fps, motions of each split
     out/characters/0007.png, .json     each character standing in a neutral pose (a reference image) + keypoints
-    out/<split>/c0007_walk_1.mp4       lossless H.264 RGB video (aa.io.video.write_video(lossless=True))
+    out/<split>/c0007_walk_1.mp4       lossless H.264 RGB video (aa.io.video.write_video(lossless=True)), or
+                                       c0007_walk_1.npz, the same frames as a raw clip (video_format="npz")
     out/<split>/c0007_walk_1.json      its keypoints, one pose per frame (aa.poses.keypoints.save_json)
     out/<split>/c0007_walk_1.box.json  the character's bounding box in each frame, [[x0, y0, x1, y1], ...] (pixels,
                                        end-exclusive; render.render_frame_box): where region metrics look
@@ -35,6 +36,7 @@ from aa.synthetic.render import render_frame, render_frame_parts
 from aa.synthetic.skeleton import PoseState
 
 FPS = 8.0
+VIDEO_FORMATS = ("mp4", "npz")  # lossless H.264, or raw clips (aa.io.video.RAW_SUFFIX)
 
 
 def character_seed(seed: int, character: int) -> int:
@@ -134,9 +136,11 @@ def load_parts(path: str | os.PathLike) -> np.ndarray:
 def write_dataset(out: str | os.PathLike, width: int = 64, height: int = 64, train_characters: int = 40,
                   val_characters: int = 5, test_characters: int = 8, clips_per_character: int = 3,
                   frames: int = 24, seed: int = 0, fps: float = FPS, progress: bool = True,
-                  backgrounds: tuple[str, ...] = BACKGROUNDS) -> dict[str, list[dict]]:
+                  backgrounds: tuple[str, ...] = BACKGROUNDS, video_format: str = "mp4") -> dict[str, list[dict]]:
     """Generate the whole dataset under `out` (layout in the module docstring); returns the manifests.
-    `backgrounds` limits the backdrop kinds (e.g. the plain ones, for a small model)."""
+    `backgrounds` limits the backdrop kinds (e.g. the plain ones, for a small model); `video_format` "npz" writes raw
+    clips (no FFmpeg needed, about ten times larger) with the frames "mp4" would decode to."""
+    assert video_format in VIDEO_FORMATS, f"video_format must be one of {VIDEO_FORMATS}, got {video_format!r}"
     out = Path(out)
     plan = plan_splits(train_characters, val_characters, test_characters, clips_per_character)
     (out / "characters").mkdir(parents=True, exist_ok=True)
@@ -158,11 +162,12 @@ def write_dataset(out: str | os.PathLike, width: int = 64, height: int = 64, tra
                 clip_seed = int(np.random.SeedSequence(key).generate_state(1)[0])
                 video, poses, boxes, labels = make_clip_parts(cache[clip.character], clip.motion, frames, width,
                                                               height, clip_seed, fps)
-                write_video(out / split / f"{clip.name}.mp4", video, fps, lossless=True)
+                write_video(out / split / f"{clip.name}.{video_format}", video, fps, lossless=True)
                 save_json(out / split / f"{clip.name}.json", poses)
                 _save_text(out / split / f"{clip.name}.box.json", json.dumps([list(b) for b in boxes]))
                 save_parts(out / split / f"{clip.name}.parts.npz", labels)
-                manifests[split].append({"video": f"{split}/{clip.name}.mp4", "keypoints": f"{split}/{clip.name}.json",
+                manifests[split].append({"video": f"{split}/{clip.name}.{video_format}",
+                                         "keypoints": f"{split}/{clip.name}.json",
                                          "boxes": f"{split}/{clip.name}.box.json",
                                          "parts": f"{split}/{clip.name}.parts.npz",
                                          "character": clip.character, "motion": clip.motion,
