@@ -52,8 +52,8 @@ def test_evaluation_set_is_round_one_as_documented():
 def test_round_runs_end_to_end_without_pyav_and_reports_both_folders(tmp_path):
     """Two one-character shards, a 10-step calibration, stage 1 sized to the minutes, 2 stage-2 steps, one clip
     per split, in a Python where `import av` fails (GPU machines may have no PyAV): the packed folder keeps the
-    start's VAE, recorded sampling settings and layers (the temporal ones too) but not its trained weights, and the
-    report holds the phase times, val for both folders, and the hue probe on test_chars."""
+    start's VAE, recorded sampling settings and layers (the temporal ones too, continued from the start's, not new)
+    but not its trained weights, and the report holds the phase times, val for both folders, and the hue probe on test_chars."""
     no_av = tmp_path / "no_av"
     no_av.mkdir()
     (no_av / "av.py").write_text("raise ImportError('PyAV is not installed on this machine')\n")
@@ -83,6 +83,8 @@ def test_round_runs_end_to_end_without_pyav_and_reports_both_folders(tmp_path):
     unet_old, unet_new = read_state_dict(init / "unet.safetensors"), read_state_dict(demo / "unet.safetensors")
     assert set(unet_new) == set(unet_old), "the packed UNet lost or gained layers (the temporal ones: packed stage 1?)"
     assert any(not torch.equal(unet_old[k], unet_new[k]) for k in unet_old)
+    motion = [k for k in unet_old if ".motion_modules." in k]  # stage 2 continues the start's temporal layers
+    assert motion and max((unet_new[k].float() - unet_old[k].float()).abs().max().item() for k in motion) < 0.01
     assert sorted(p.name for p in (work / "runs" / "s2" / "checkpoints").iterdir()) == ["step_0000002"]
 
     report = (work / "report.md").read_text()

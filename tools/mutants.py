@@ -41,6 +41,8 @@ VAE = ("tests/test_train_vae.py", "tests/test_demo_vae.py")
 WIDEN = ("tests/test_widen_latent.py",)
 GROW = ("tests/test_attention_level.py",)
 TRAINING = ("tests/test_training.py",)
+VIDEO = ("tests/test_video.py", "tests/test_synthetic.py")
+ROUND = ("tests/test_demo_round.py",)
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,21 @@ MUTATIONS = [
              "1, stride=1, padding=0", TRAINING),
     Mutation("region-weight-not-in-loss", "aa/training/objective.py", "if self.obj.region_weight:", "if False:",
              TRAINING),
+    Mutation("raw-clip-fps-dropped", "aa/io/video.py", "fps=np.float64(fps))", "fps=np.float64(8.0))", VIDEO),
+    Mutation("raw-clip-frames-flipped", "aa/io/video.py", "frames=np.stack(checked)", "frames=np.stack(checked)[:, ::-1]",
+             VIDEO),
+    Mutation("raw-clip-needs-pyav", "aa/io/video.py", """    if path.suffix == RAW_SUFFIX:
+        _write_raw(path, tmp, frames, fps)
+        return
+    _need_av(path)""", """    _need_av(path)
+    if path.suffix == RAW_SUFFIX:
+        _write_raw(path, tmp, frames, fps)
+        return""", VIDEO),
+    Mutation("round-packs-stage1", "tools/demo_round.py", '"--checkpoint", str(last_checkpoint(s2))',
+             '"--checkpoint", str(last_checkpoint(s1))', ROUND),
+    Mutation("round-stage2-from-scratch", "tools/demo_round.py", '"--motion", str(init),', "", ROUND),
+    Mutation("round-eval-data-not-round-one", "tools/demo_round.py", '"--train-characters", "60"',
+             '"--train-characters", "50"', ROUND),
 ]
 
 
