@@ -53,7 +53,8 @@ def test_round_runs_end_to_end_without_pyav_and_reports_both_folders(tmp_path):
     """Two one-character shards, a 10-step calibration, stage 1 sized to the minutes, 2 stage-2 steps, one clip
     per split, in a Python where `import av` fails (GPU machines may have no PyAV): the packed folder keeps the
     start's VAE, recorded sampling settings and layers (the temporal ones too, continued from the start's, not new)
-    but not its trained weights, and the report holds the phase times, val for both folders, and the hue probe on test_chars."""
+    but not its trained weights, and the report holds the phase times, val for both folders, and the hue probe on
+    test_chars."""
     no_av = tmp_path / "no_av"
     no_av.mkdir()
     (no_av / "av.py").write_text("raise ImportError('PyAV is not installed on this machine')\n")

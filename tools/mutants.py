@@ -254,8 +254,8 @@ MUTATIONS = [
     Mutation("region-weight-not-in-loss", "aa/training/objective.py", "if self.obj.region_weight:", "if False:",
              TRAINING),
     Mutation("raw-clip-fps-dropped", "aa/io/video.py", "fps=np.float64(fps))", "fps=np.float64(8.0))", VIDEO),
-    Mutation("raw-clip-frames-flipped", "aa/io/video.py", "frames=np.stack(checked)", "frames=np.stack(checked)[:, ::-1]",
-             VIDEO),
+    Mutation("raw-clip-frames-flipped", "aa/io/video.py", "frames=np.stack(checked)",
+             "frames=np.stack(checked)[:, ::-1]", VIDEO),
     Mutation("raw-clip-needs-pyav", "aa/io/video.py", """    if path.suffix == RAW_SUFFIX:
         _write_raw(path, tmp, frames, fps)
         return
