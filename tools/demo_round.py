@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# round 1's evaluation set: val, test_chars and test_motions are the bytes every CPU round was scored on
+# round 1's dataset (seed 0): its val, test_chars and test_motions clips are the ones every CPU round was scored on
 EVAL_DATA_ARGS = ["--size", "96", "--train-characters", "60", "--val-characters", "6", "--test-characters", "10",
                   "--clips-per-character", "3", "--frames", "24", "--backgrounds", "flat", "gradient", "horizon"]
 SHARD_SEED = 100  # shard i draws its characters with seed 100 + i: none of the CPU rounds' seeds (0, 1, 2)
