@@ -11,7 +11,7 @@ so a lent device's few minutes are worth hours here. The steps, each run as the 
 2. stage 1 from --init (the bundled demo): a short calibration run measures seconds per step, then the real run
    gets as many steps as fit in --minutes (or exactly --stage1-steps), the last half decaying to zero;
 3. stage 2 (the temporal layers, from --init's) for --stage2-steps;
-4. packing: the fp16 folder with round 9's reference, poses, guidance and steps (tools/pack_demo.py);
+4. packing: the fp16 folder with the bundled demo's reference, poses, guidance and steps (tools/pack_demo.py);
 5. scores: the new folder beside --init on the first 10 val clips (where a round is chosen), then the new one on
    test_chars with the hue probe and on test_motions (tools/eval.py).
 
@@ -107,7 +107,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stage2-steps", type=int, default=300, help="stage-2 steps")
     p.add_argument("--stage2-batch-size", type=int, default=8, help="stage-2 videos per step")
     p.add_argument("--stage2-frames", type=int, default=12, help="stage-2 frames per video")
-    p.add_argument("--region-weight", type=float, default=4.0, help="train.py --region-weight (round 9's)")
+    p.add_argument("--region-weight", type=float, default=4.0, help="train.py --region-weight (the bundled demo's)")
     p.add_argument("--workers", type=int, default=12, help="data-loader processes per training run")
     p.add_argument("--pack-clip", type=int, default=3,
                    help="the test_chars clip whose reference and poses the packed folder takes (the bundled demo's)")
