@@ -138,7 +138,8 @@ def test_bad_raw_clips_raise_video_error_and_failed_writes_leave_nothing(tmp_pat
     (tmp_path / "half.npz").write_bytes(data[: len(data) // 2])
     np.savez(tmp_path / "grey.npz", frames=np.zeros((4, 8, 8), np.uint8), fps=8.0)
     np.savez(tmp_path / "nofps.npz", frames=np.zeros((4, 8, 8, 3), np.uint8))
-    for name in ("missing.npz", "garbage.npz", "half.npz", "grey.npz", "nofps.npz"):
+    np.savez(tmp_path / "twofps.npz", frames=np.zeros((4, 8, 8, 3), np.uint8), fps=[8.0, 8.0])
+    for name in ("missing.npz", "garbage.npz", "half.npz", "grey.npz", "nofps.npz", "twofps.npz"):
         with pytest.raises(VideoError, match=name):
             video_info(tmp_path / name)
 
@@ -149,4 +150,4 @@ def test_bad_raw_clips_raise_video_error_and_failed_writes_leave_nothing(tmp_pat
     with pytest.raises(RuntimeError):
         write_video(tmp_path / "new.npz", frames(), fps=8)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["good.npz", "garbage.npz", "half.npz", "grey.npz", "nofps.npz"])
+        ["good.npz", "garbage.npz", "half.npz", "grey.npz", "nofps.npz", "twofps.npz"])

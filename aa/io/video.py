@@ -98,7 +98,7 @@ def _read_raw(path: Path) -> tuple[np.ndarray, float]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             frames, fps = archive["frames"], float(archive["fps"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise VideoError(f"{path}: not a readable raw clip: an uncompressed .npz of 'frames' and 'fps' ({e})") from None
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3 or not len(frames):
         raise VideoError(f"{path}: frames must be (f, h, w, 3) uint8 with f > 0, got {frames.shape} {frames.dtype}")
