@@ -35,31 +35,31 @@ EVAL_DATA_ARGS = ["--size", "96", "--train-characters", "60", "--val-characters"
 SHARD_SEED = 100  # shard i draws its characters with seed 100 + i: none of the CPU rounds' seeds (0, 1, 2)
 
 
-def run(cmd: list[str], log: Path) -> None:
-    """Run one command from the repository root with its output in `log`; exit with an error line if it fails."""
+Job = tuple[subprocess.Popen, list[str], Path]
+
+
+def start(cmd: list[str], log: Path, threads: int | None = None) -> Job:
+    """Start a command from the repository root, its output in `log` (with the command line on top)."""
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with log.open("w") as f:
         f.write(" ".join(cmd) + "\n\n")
         f.flush()
-        rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if rc != 0:
-        sys.exit(f"error: {' '.join(cmd[:3])} ... failed (exit {rc}); its output is in {log}")
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+    return proc, cmd, log
 
 
-def start(cmd: list[str], log: Path) -> tuple[subprocess.Popen, Path]:
-    """Start a one-thread command (a data generator) in the background, its output in `log`."""
-    with log.open("w") as f:
-        f.write(" ".join(cmd) + "\n\n")
-        f.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return proc, log
-
-
-def wait(procs: list[tuple[subprocess.Popen, Path]]) -> None:
-    """Wait for background commands; exit with an error line naming the first failed one's log."""
-    failed = [log for proc, log in procs if proc.wait() != 0]
+def wait(jobs: list[Job]) -> None:
+    """Wait for every job; exit with an error line naming the first failed one and its log."""
+    failed = [(proc.returncode, cmd, log) for proc, cmd, log in jobs if proc.wait() != 0]
     if failed:
-        sys.exit(f"error: {len(failed)} data command(s) failed; the first one's output is in {failed[0]}")
+        rc, cmd, log = failed[0]
+        more = f" ({len(failed)} commands failed)" if len(failed) > 1 else ""
+        sys.exit(f"error: {' '.join(cmd[:3])} ... failed (exit {rc}); its output is in {log}{more}")
+
+
+def run(cmd: list[str], log: Path) -> None:
+    """One command to its end; exit with an error line if it fails."""
+    wait([start(cmd, log)])
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -140,12 +140,12 @@ def main(argv: list[str] | None = None) -> None:
     gen = [py, "-m", "aa.synthetic", "--quiet", "--video-format", "npz"]  # raw clips: no PyAV needed, fast to load
     eval_data = args.eval_data.resolve() if args.eval_data else data / "eval"
     eval_job = [] if args.eval_data else [start(gen + ["--out", str(eval_data), "--seed", "0"] + EVAL_DATA_ARGS,
-                                                logs / "data_eval.log")]
+                                                logs / "data_eval.log", threads=1)]
     shards = [data / f"shard{i:02d}" for i in range(args.shards)]
     wait([start(gen + ["--out", str(shard), "--seed", str(SHARD_SEED + i), "--size", "96",
                        "--train-characters", str(args.characters), "--val-characters", "0", "--test-characters", "0",
                        "--clips-per-character", "1", "--frames", str(args.frames),
-                       "--backgrounds", "flat", "gradient", "horizon"], logs / f"data_shard{i:02d}.log")
+                       "--backgrounds", "flat", "gradient", "horizon"], logs / f"data_shard{i:02d}.log", threads=1)
           for i, shard in enumerate(shards)])
     phase("training data", t)
 
